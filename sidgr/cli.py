@@ -1,0 +1,62 @@
+"""The `sidgr` console command.
+
+Each subcommand lives in its own module exposing `add_arguments(parser)` and `run(args)`; the module is
+imported only when its subcommand is used, so `sidgr prepare` never pays for Megatron and the core package
+has no static import of `sidgr.training` or `sidgr.inference`.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from sidgr.errors import InputError
+
+# name -> (module, one-line description)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "prepare": ("sidgr.data.prepare_cli", "Prepare a dataset (ml100k) into items + leave-one-out sequences parquet."),
+    "synth": ("sidgr.data.synth_cli", "Make a synthetic clustered catalog with sequences, in the same formats."),
+    "tokenize": ("sidgr.tokenize.cli", "Embed item text and quantize embeddings into semantic IDs (+ diagnostics)."),
+    "train": ("sidgr.training.cli", "Train the SID-GR decoder with Megatron-Core under torchrun (TP/DP)."),
+    "export": ("sidgr.inference.export_cli", "Export a training checkpoint (any TP/DP layout) to engine weights."),
+    "retrieve": ("sidgr.inference.retrieve_cli", "Batch candidate retrieval with catalog-constrained wide beam search."),
+    "evaluate": ("sidgr.evaluate_cli", "Item-level Recall/NDCG/HitRate/MRR with bootstrap CIs for ranked candidates."),
+}
+
+
+def _top_level_help() -> str:
+    width = max(len(n) for n in COMMANDS)
+    lines = ["usage: sidgr <command> [options]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {desc}" for name, (_, desc) in COMMANDS.items()]
+    lines += ["", "Run `sidgr <command> --help` for the options of one command."]
+    return "\n".join(lines)
+
+
+def build_parser(command: str) -> tuple[argparse.ArgumentParser, object]:
+    module_name, desc = COMMANDS[command]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"sidgr {command}", description=desc)
+    module.add_arguments(parser)
+    return parser, module
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_top_level_help())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"sidgr: unknown command {command!r}\n\n{_top_level_help()}", file=sys.stderr)
+        return 2
+    parser, module = build_parser(command)
+    args = parser.parse_args(rest)
+    try:
+        return int(module.run(args) or 0)
+    except InputError as err:
+        print(f"sidgr {command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
