@@ -1,0 +1,88 @@
+"""Token layout and attention masks shared by training and the engine (sidgr/layout.py)."""
+import torch
+
+from sidgr.layout import IGNORE, decode_position, prefill_layout, training_layout
+
+OFFSETS = (0, 10, 20)  # three levels of 10 codes each
+SIDS = torch.tensor([
+    [[1, 2, 3], [4, 5, 6], [7, 8, 9]],
+    [[9, 8, 7], [6, 5, 4], [0, 0, 0]],  # padded third item
+])
+LENS = torch.tensor([3, 2])
+
+
+def test_last_mode_places_one_bos_before_the_last_item():
+    tb = training_layout(SIDS, LENS, "last", OFFSETS)
+    # user 0: codes of items 0 and 1, BOS, codes of item 2 (global ids = code + level offset)
+    assert tb.tokens[0].tolist() == [1, 12, 23, 4, 15, 26, 0, 7, 18, 29]
+    assert tb.is_bos[0].nonzero().flatten().tolist() == [6]
+    # positions are item slots: item k level h at k*(H+1)+1+h, its BOS at k*(H+1)
+    assert tb.positions[0].tolist() == [1, 2, 3, 5, 6, 7, 8, 9, 10, 11]
+    # BOS predicts level 0 of the last item, then level h predicts level h+1; nothing else carries loss
+    assert tb.labels[0].tolist() == [IGNORE] * 6 + [7, 18, 29, IGNORE]
+    assert tb.label_levels[0].tolist() == [IGNORE] * 6 + [0, 1, 2, IGNORE]
+    # user 1 is right-padded
+    assert tb.valid[1].tolist() == [True] * 7 + [False] * 3
+    assert tb.labels[1].tolist() == [IGNORE] * 3 + [6, 15, 24] + [IGNORE] * 4
+
+
+def test_all_mode_has_a_bos_before_every_item_after_the_first():
+    tb = training_layout(SIDS, LENS, "all", OFFSETS)
+    assert tb.tokens[0].tolist() == [1, 12, 23, 0, 4, 15, 26, 0, 7, 18, 29]
+    assert tb.is_bos[0].nonzero().flatten().tolist() == [3, 7]
+    assert tb.positions[0].tolist() == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+    assert tb.labels[0].tolist() == [IGNORE] * 3 + [4, 15, 26, IGNORE, 7, 18, 29, IGNORE]
+    assert int(tb.loss_mask[1].sum()) == 3
+
+
+def test_no_token_sees_another_items_bos_and_mask_is_causal():
+    tb = training_layout(SIDS, LENS, "all", OFFSETS)
+    visible = ~tb.attention_mask[0, 0]
+    S = visible.shape[0]
+    assert not visible.triu(1).any(), "future keys must be masked"
+    first_bos, second_bos = 3, 7
+    # the first BOS is seen by its own item's codes but not by item 2's tokens
+    assert visible[4:7, first_bos].all()
+    assert not visible[8:, first_bos].any()
+    assert not visible[second_bos, first_bos]
+    # every non-BOS earlier token stays visible
+    for q in range(S):
+        for k in range(q + 1):
+            if not tb.is_bos[0, k]:
+                assert visible[q, k]
+
+
+def test_padding_keys_are_masked_and_padding_rows_see_themselves():
+    tb = training_layout(SIDS, LENS, "last", OFFSETS)
+    visible = ~tb.attention_mask[1, 0]
+    valid = tb.valid[1]
+    off_diag = visible & ~torch.eye(visible.shape[0], dtype=torch.bool)
+    assert not off_diag[:, ~valid].any()
+    assert visible.diagonal().all()
+
+
+def test_all_mode_item_view_equals_last_mode_on_its_prefix():
+    """What item 2 attends to in 'all' mode (tokens and positions) is exactly 'last' mode's view of it."""
+    all_tb = training_layout(SIDS[:1], LENS[:1], "all", OFFSETS)
+    last_tb = training_layout(SIDS[:1], LENS[:1], "last", OFFSETS)
+    q_all = 7  # BOS of item 2 in 'all' mode
+    q_last = 6  # BOS of item 2 in 'last' mode
+    seen_all = (~all_tb.attention_mask[0, 0, q_all]).nonzero().flatten()
+    seen_last = (~last_tb.attention_mask[0, 0, q_last]).nonzero().flatten()
+    assert all_tb.tokens[0, seen_all].tolist() == last_tb.tokens[0, seen_last].tolist()
+    assert all_tb.positions[0, seen_all].tolist() == last_tb.positions[0, seen_last].tolist()
+    assert all_tb.is_bos[0, seen_all].tolist() == last_tb.is_bos[0, seen_last].tolist()
+
+
+def test_prefill_ends_with_bos_at_the_next_items_slot():
+    tb = prefill_layout(SIDS, LENS, OFFSETS)
+    n = tb.valid.sum(1)
+    assert n.tolist() == [10, 7]
+    for b in range(2):
+        last = int(n[b]) - 1
+        assert bool(tb.is_bos[b, last])
+        assert int(tb.positions[b, last]) == int(LENS[b]) * 4
+        assert not tb.is_bos[b, :last].any()
+        assert (tb.labels[b] == IGNORE).all()
+    assert decode_position(LENS, 0, 3).tolist() == [13, 9]
+    assert decode_position(LENS, 2, 3).tolist() == [15, 11]
