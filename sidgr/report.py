@@ -1,0 +1,213 @@
+"""The final comparison: a markdown table with confidence intervals, and PNG plots.
+
+    python -m sidgr.report table --run popularity=runs/pop/eval --run sid-gr=runs/gr/eval --out results/
+    python -m sidgr.report curves --run sasrec=runs/sasrec/metrics.jsonl --run sid-gr=runs/gr/metrics.jsonl \
+        --out results/
+    python -m sidgr.report beam --exact runs/gr/eval_exact --beam 16=runs/gr/eval_w16 --beam 256=runs/gr/eval_w256 \
+        --out results/
+
+`--run NAME=PATH` takes an evaluation directory (or its metrics.json) for `table`, and a trainer `metrics.jsonl`
+(one JSON object per line) for `curves`; the key names read from the log are listed in STEP_KEYS, LOSS_KEYS and
+RECALL_KEYS (the first key present in a record wins).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from sidgr.errors import InputError, input_error
+from sidgr.io import atomic_path
+
+DEFAULT_COLUMNS = ("recall@10", "ndcg@10", "recall@50", "coverage@10")
+STEP_KEYS = ("step", "iteration", "iter", "global_step")
+LOSS_KEYS = ("loss", "train/loss", "train_loss", "lm_loss")
+RECALL_KEYS = ("valid/recall@10", "val/recall@10", "valid_recall@10", "val_recall@10", "recall@10")
+
+
+def load_report(path) -> dict:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.json"
+    if not path.exists():
+        raise input_error(path, "path", str(path), "no evaluation metrics.json here")
+    return json.loads(path.read_text())
+
+
+def _cell(report: dict, column: str) -> str:
+    if column.startswith("coverage@"):
+        value = report.get("coverage", {}).get(column)
+        return "—" if value is None else f"{value:.4f}"
+    stat = report["metrics"].get(column)
+    if stat is None:
+        return "—"
+    if "ci_low" in stat:
+        return f"{stat['mean']:.4f} [{stat['ci_low']:.4f}, {stat['ci_high']:.4f}]"
+    return f"{stat['mean']:.4f}"
+
+
+def comparison_table(reports: dict[str, dict], columns=DEFAULT_COLUMNS) -> str:
+    """One row per run: the chosen metrics with 95% CIs, plus the protocol facts that make rows comparable."""
+    if not reports:
+        raise input_error("report", "runs", [], "no runs given")
+    catalogs = {name: r["inputs"]["num_items"] for name, r in reports.items()}
+    if len(set(catalogs.values())) > 1:
+        raise input_error("report", "num_items", catalogs, "runs were evaluated on different catalogs")
+    header = ["model", *[c.replace("recall", "Recall").replace("ndcg", "NDCG").replace("coverage", "Coverage")
+                         for c in columns], "invalid rate", "history excluded", "users"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, r in reports.items():
+        row = [name, *[_cell(r, c) for c in columns], f"{r['candidates']['invalid_rate']:.4g}",
+               "yes" if r["protocol"]["history_excluded"] else "no", str(r["users"]["evaluated"])]
+        lines.append("| " + " | ".join(row) + " |")
+    first = next(iter(reports.values()))
+    lines += ["", f"Full-catalog ranking over N = {first['inputs']['num_items']} items; 95% percentile-bootstrap "
+                  f"CIs over users ({first['bootstrap']['samples']} resamples, seed {first['bootstrap']['seed']})."]
+    return "\n".join(lines) + "\n"
+
+
+def read_jsonl(path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        raise input_error(path, "path", str(path), "no metrics.jsonl here")
+    records = []
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise input_error(path, f"line {lineno}", line[:40], f"not JSON ({err.msg})") from None
+    return records
+
+
+def _first_key(record: dict, keys) -> str | None:
+    return next((k for k in keys if k in record and record[k] is not None), None)
+
+
+def series(records: list[dict], value_keys) -> tuple[list[float], list[float]]:
+    """(steps, values) of the records that carry both a step and one of `value_keys`."""
+    steps, values = [], []
+    for rec in records:
+        sk, vk = _first_key(rec, STEP_KEYS), _first_key(rec, value_keys)
+        if sk is not None and vk is not None:
+            steps.append(float(rec[sk]))
+            values.append(float(rec[vk]))
+    return steps, values
+
+
+def _save_png(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt, *plt.subplots(figsize=(6.4, 4.0))
+
+
+def plot_curves(logs: dict[str, list[dict]], out_dir) -> list[Path]:
+    """training_loss.png and valid_recall10.png, one line per model; a plot with no data is not written."""
+    out_dir = Path(out_dir)
+    written = []
+    for keys, ylabel, name in ((LOSS_KEYS, "training loss", "training_loss.png"),
+                               (RECALL_KEYS, "validation Recall@10", "valid_recall10.png")):
+        plt, fig, ax = _figure()
+        drawn = 0
+        for model, records in logs.items():
+            steps, values = series(records, keys)
+            if steps:
+                ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, label=model)
+                drawn += 1
+        if drawn:
+            ax.set_xlabel("step")
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+            ax.legend()
+            _save_png(fig, out_dir / name)
+            written.append(out_dir / name)
+        plt.close(fig)
+    return written
+
+
+def plot_recall_vs_beam(beam: dict[int, dict], exact: dict | None, out_path, metric: str = "recall@10") -> Path:
+    """Recall vs beam width (log x axis) with CI bars; the exact ranking as a line with its CI band."""
+    plt, fig, ax = _figure()
+    widths = sorted(beam)
+    stats = [beam[w]["metrics"][metric] for w in widths]
+    means = [s["mean"] for s in stats]
+    lo = [s["mean"] - s.get("ci_low", s["mean"]) for s in stats]
+    hi = [s.get("ci_high", s["mean"]) - s["mean"] for s in stats]
+    ax.errorbar(widths, means, yerr=[lo, hi], marker="o", capsize=3, label="beam search")
+    if exact is not None:
+        s = exact["metrics"][metric]
+        ax.axhline(s["mean"], color="black", linestyle="--", label="exact (all items scored)")
+        if "ci_low" in s:
+            ax.axhspan(s["ci_low"], s["ci_high"], color="gray", alpha=0.2)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("beam width")
+    ax.set_ylabel(metric.replace("recall", "Recall"))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save_png(fig, Path(out_path))
+    plt.close(fig)
+    return Path(out_path)
+
+
+def _named(pairs: list[str], flag: str) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            raise input_error(flag, "value", pair, "expected NAME=PATH")
+        out[name] = path
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sidgr.report", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    table = sub.add_parser("table", help="markdown comparison table (comparison.md) from evaluation outputs")
+    table.add_argument("--run", action="append", required=True, help="NAME=EVAL_DIR (repeat; row order kept)")
+    table.add_argument("--columns", default=",".join(DEFAULT_COLUMNS))
+    curves = sub.add_parser("curves", help="training loss and validation Recall@10 over steps")
+    curves.add_argument("--run", action="append", required=True, help="NAME=metrics.jsonl (repeat)")
+    beam = sub.add_parser("beam", help="recall vs beam width, beam vs exact")
+    beam.add_argument("--beam", action="append", required=True, help="WIDTH=EVAL_DIR (repeat)")
+    beam.add_argument("--exact", help="EVAL_DIR of the exact ranking")
+    beam.add_argument("--metric", default="recall@10")
+    for p in (table, curves, beam):
+        p.add_argument("--out", required=True, help="output directory")
+    args = parser.parse_args(argv)
+    try:
+        if args.what == "table":
+            reports = {name: load_report(path) for name, path in _named(args.run, "--run").items()}
+            text = comparison_table(reports, tuple(c for c in args.columns.split(",") if c))
+            path = Path(args.out) / "comparison.md"
+            with atomic_path(path) as tmp:
+                tmp.write_text(text)
+            print(text)
+            written = [path]
+        elif args.what == "curves":
+            written = plot_curves({n: read_jsonl(p) for n, p in _named(args.run, "--run").items()}, args.out)
+        else:
+            points = {}
+            for width, path in _named(args.beam, "--beam").items():
+                if not width.isdigit():
+                    raise input_error("--beam", "width", width, "expected a positive integer")
+                points[int(width)] = load_report(path)
+            exact = load_report(args.exact) if args.exact else None
+            written = [plot_recall_vs_beam(points, exact, Path(args.out) / "recall_vs_beam.png", args.metric)]
+    except InputError as err:
+        print(f"sidgr.report: error: {err}", file=sys.stderr)
+        return 1
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
