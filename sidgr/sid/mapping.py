@@ -100,6 +100,8 @@ class SIDMapping:
             mapping = cls(codes, _infer_sizes(codes), {}, str(path[0]))
         else:
             path = Path(path)
+            if not path.exists() and path.suffix not in (".json", ".pt"):  # the stem `save` was given
+                path = path.parent / f"{path.name}.json"
             if not path.exists():
                 raise input_error(path, "path", str(path), "SID mapping file does not exist")
             meta_path = path if path.suffix == ".json" else path.with_suffix(".json")

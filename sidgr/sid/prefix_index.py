@@ -33,21 +33,21 @@ class PrefixIndex:
                      (codebook_sizes or [int(v) + 1 for v in codes.max(dim=1).values]))
         H, N = codes.shape
         order = lexsort_items(codes)
-        s = codes[:, order]
         new_prefix = torch.zeros(N, dtype=torch.bool)  # True where the prefix of the current length starts anew
         new_prefix[:1] = True
         node_of_item = torch.zeros(N, dtype=torch.int64)  # depth-h node of each sorted item (root for h=0)
         child_parent, child_code, child_offsets = [], [], []
         for h in range(H):
+            level = codes[h][order]  # one sorted level at a time keeps the build's peak memory low
             if N > 1:
-                new_prefix[1:] |= s[h, 1:] != s[h, :-1]
+                new_prefix[1:] |= level[1:] != level[:-1]
             starts = new_prefix.nonzero().squeeze(1)
             parents = node_of_item[starts]
             child_parent.append(parents)
-            child_code.append(s[h, starts])
+            child_code.append(level[starts])
             num_parents = 1 if h == 0 else int(child_parent[h - 1].numel())
             child_offsets.append(torch.searchsorted(parents, torch.arange(num_parents + 1)))
-            node_of_item = torch.cumsum(new_prefix.to(torch.int64), 0) - 1
+            node_of_item = torch.cumsum(new_prefix, 0, dtype=torch.int64).sub_(1)
         leaf_offsets = torch.searchsorted(node_of_item, torch.arange(int(child_parent[-1].numel()) + 1))
         return cls(sizes, child_parent, child_code, child_offsets, leaf_offsets, order)
 
@@ -76,8 +76,8 @@ class PrefixIndex:
         keys = self.child_parent[depth] * size + self.child_code[depth]
         query = nodes.to(torch.int64) * size + codes.to(torch.int64)
         pos = torch.searchsorted(keys, query.reshape(-1)).reshape(query.shape)
-        hit = pos < keys.numel()
-        hit &= keys[pos.clamp(max=keys.numel() - 1)] == query
+        hit = (pos < keys.numel()) & (codes >= 0) & (codes < size)  # an out-of-range code must not alias
+        hit &= keys[pos.clamp(max=keys.numel() - 1)] == query       # a code of the next parent
         return torch.where(hit, pos, torch.full_like(pos, -1))
 
     def lookup(self, sids: torch.Tensor) -> torch.Tensor:
