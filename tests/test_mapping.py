@@ -201,3 +201,20 @@ def test_lexsort_items_is_lexicographic_with_item_tiebreak():
     codes = random_codes([3, 3, 2], 60, seed=11)
     order = lexsort_items(codes).tolist()
     assert order == sorted(range(60), key=lambda p: (tuple(codes[:, p].tolist()), p))
+
+
+def test_metadata_item_count_must_match_the_tensor(tmp_path):
+    import json
+
+    import pytest
+    import torch
+
+    from sidgr.errors import InputError
+    from sidgr.sid.mapping import SIDMapping
+
+    path = SIDMapping(torch.tensor([[0, 1, 2], [0, 0, 1]]), [3, 2]).save(tmp_path / "sids")
+    meta = json.loads(path.read_text())
+    meta["num_items"] = 4
+    path.write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="num_items=4"):
+        SIDMapping.load(path)

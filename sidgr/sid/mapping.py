@@ -110,6 +110,9 @@ class SIDMapping:
                 files = [meta_path.parent / n for n in meta.get("chunks", [meta_path.with_suffix(".pt").name])]
                 codes = torch.cat([_load_tensor(f) for f in files], dim=1)
                 sizes = meta.get("codebook_sizes") or _infer_sizes(codes)
+                if meta.get("num_items", codes.shape[1]) != codes.shape[1]:
+                    raise input_error(meta_path, "num_items", meta["num_items"],
+                                      f"metadata disagrees with the {codes.shape[1]} items in its tensor file(s)")
                 mapping = cls(codes, list(sizes), meta, str(meta_path))
             else:
                 codes = _load_tensor(path)
