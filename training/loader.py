@@ -1,0 +1,414 @@
+"""Streaming SID loader: sequences parquet -> per-DP-rank batches of right-padded SIDs, with exact resume.
+
+Design
+------
+Construction makes one streaming pass over the file (record batches of `record_batch_rows`, row group by row
+group): it validates every PID against the mapping (an out-of-range PID is an `InputError` naming the file, the
+user_id and the value), counts each user's items (history, plus `target` in validation files) and keeps only a
+1-byte eligibility flag per row (users with fewer than `min_items` items are skipped and counted). Nothing else
+of the file stays in memory.
+
+The user order of an epoch is a permutation of the eligible rows that depends only on (seed, epoch) and on the
+file's row-group layout, never on the DP layout:
+  1. the row groups are visited in a seeded random order (random access in parquet is per row group);
+  2. the eligible rows, in that read order, are cut into windows of `shuffle_window_rows` users, and each
+     window is permuted by its own generator seeded with (seed, epoch, window).
+So every epoch is read sequentially (row group by row group, record batch by record batch) while each global
+batch mixes users from a window of up to `shuffle_window_rows` users drawn from randomly ordered row groups: the
+memory is one window (plus one record batch), not the file. Mixing is as good as the row groups are small
+relative to the file; writers of large files should use several row groups (e.g. <= 64k users each).
+`shuffle=False` (and validation, `training=False`) uses the file order.
+
+Global batch i is positions [i*G, (i+1)*G) of that order (G = global_batch_size); DP rank r owns the contiguous
+slice [i*G + r*b, i*G + (r+1)*b), b = G / dp_size. Shards are disjoint and together cover the epoch; the last
+global batch may be short and each rank pads its batch to b rows (lengths 0, user_ids -1, `real_size` = real
+rows, possibly 0). Every rank streams the whole file but converts only its own rows (PID -> SID happens when a
+batch is emitted). TP peers pass the same dp_rank and so build identical batches.
+
+Exact resume: the state is (epoch, batches handed out in that epoch); since the order is layout-independent, a
+run may even resume with another DP size as long as global_batch_size is unchanged. On resume the reader starts
+at the first row group that holds the window containing the first unconsumed position.
+
+Workers (`num_workers = n > 0`): n DataLoader processes each stream the file and build every n-th batch; the
+DataLoader's round-robin hands them back in order, so batches and resume are identical to `num_workers = 0`.
+Measured (`scripts/bench_loader.py`, 100k users, 2 loaded cores): inline ~2,600 batches/s of 128 users; 1 or 2
+workers ~260-340 batches/s (inter-process transfer per batch dominates, and each worker decodes the whole file).
+Workers do not pay here: keep `num_workers = 0` (the default).
+
+Memory: a 1-byte eligibility flag per user, one window of this rank's rows (PIDs, [rows, max_items] int64), the
+current record batch, and whatever pyarrow buffers for the row group being read (keep row groups moderate).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from sidgr.errors import input_error
+from sidgr.sid.mapping import SIDMapping
+from sidgr.training.loader_config import DataConfig
+
+__all__ = ["Batch", "DataConfig", "SequenceLoader"]
+
+
+@dataclass
+class Batch:
+    sids: torch.Tensor  # [b, L, H] int64 right-padded items' codes (0 on padding), L = max_items
+    lengths: torch.Tensor  # [b] items per row (0 for padding rows)
+    user_ids: torch.Tensor  # [b] (-1 for padding rows)
+    real_size: int  # rows that are real users; rows past it are padding
+
+    def to(self, device) -> "Batch":
+        return Batch(self.sids.to(device), self.lengths.to(device), self.user_ids.to(device), self.real_size)
+
+
+# ---- the pre-pass -----------------------------------------------------------------------------------------------
+@dataclass
+class _FileIndex:
+    rg_rows: np.ndarray  # [R] rows per row group
+    rg_start: np.ndarray  # [R] first global row of each row group
+    rg_eligible: np.ndarray  # [R] eligible rows per row group
+    eligible: np.ndarray  # [N] bool
+    skipped: int
+
+    @property
+    def num_eligible(self) -> int:
+        return int(self.rg_eligible.sum())
+
+
+@dataclass
+class _Columns:
+    """One record batch, column-wise: user u's history is values[offsets[u]:offsets[u+1]]."""
+
+    user_ids: np.ndarray
+    offsets: np.ndarray
+    values: np.ndarray
+    targets: np.ndarray | None
+
+    @property
+    def num_items(self) -> np.ndarray:
+        n = np.diff(self.offsets)
+        return n + 1 if self.targets is not None else n
+
+
+def _columns(path, batch: pa.RecordBatch, append_target: bool) -> _Columns:
+    uid_col = batch.column("user_id")
+    if uid_col.null_count:
+        raise input_error(path, "user_id", None, "null user_id")
+    items = batch.column("item_ids")
+    if not (pa.types.is_list(items.type) or pa.types.is_large_list(items.type)) or \
+            not pa.types.is_integer(items.type.value_type):
+        raise input_error(path, "item_ids", str(items.type), "expected list<int64>")
+    user_ids = uid_col.to_numpy()
+    offsets = np.asarray(items.offsets, dtype=np.int64)  # null lists have equal offsets: 0 items
+    values = items.values
+    if values.null_count:
+        bad = int(np.searchsorted(offsets, _first_null(values), side="right") - 1)
+        raise input_error(path, f"user_id={int(user_ids[bad])} item_ids", None, "null PID in the history")
+    values = values.to_numpy().astype(np.int64, copy=False)
+    targets = None
+    if append_target:
+        tcol = batch.column("target")
+        if tcol.null_count:
+            bad = int(np.flatnonzero(np.asarray(tcol.is_null()))[0])
+            raise input_error(path, f"user_id={int(user_ids[bad])} target", None, "null target")
+        targets = tcol.to_numpy().astype(np.int64, copy=False)
+    return _Columns(user_ids, offsets, values, targets)
+
+
+def _first_null(values: pa.Array) -> int:
+    return int(np.flatnonzero(np.asarray(values.is_null()))[0])
+
+
+def _check_pids(path, cols: _Columns, num_items: int) -> None:
+    used = cols.values[cols.offsets[0]:cols.offsets[-1]]
+    for name, arr in (("item_ids", used), ("target", cols.targets)):
+        if arr is None or arr.size == 0:
+            continue
+        bad = np.flatnonzero((arr < 0) | (arr >= num_items))
+        if bad.size:
+            i = int(bad[0])
+            row = i if name == "target" else int(np.searchsorted(cols.offsets, cols.offsets[0] + i, side="right") - 1)
+            raise input_error(path, f"user_id={int(cols.user_ids[row])} {name}", int(arr[i]),
+                              f"PID outside the SID mapping's 0..{num_items - 1}")
+
+
+def _open(path, append_target: bool) -> pq.ParquetFile:
+    try:
+        pf = pq.ParquetFile(path)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise input_error(path, "path", str(path), f"cannot open as parquet ({exc})") from None
+    need = ["user_id", "item_ids"] + (["target"] if append_target else [])
+    names = pf.schema_arrow.names
+    for name in need:
+        if name not in names:
+            raise input_error(path, "column", name, f"missing (the file has {names})")
+    return pf
+
+
+def _scan(path, mapping: SIDMapping, cfg: DataConfig, append_target: bool) -> _FileIndex:
+    with _open(path, append_target) as pf:
+        return _scan_file(pf, path, mapping, cfg, append_target)
+
+
+def _scan_file(pf: pq.ParquetFile, path, mapping: SIDMapping, cfg: DataConfig, append_target: bool) -> _FileIndex:
+    meta = pf.metadata
+    rg_rows = np.array([meta.row_group(g).num_rows for g in range(meta.num_row_groups)], dtype=np.int64)
+    rg_start = np.concatenate([[0], np.cumsum(rg_rows)[:-1]]).astype(np.int64)
+    eligible = np.zeros(int(rg_rows.sum()), dtype=bool)
+    rg_eligible = np.zeros(len(rg_rows), dtype=np.int64)
+    for g in range(len(rg_rows)):
+        row = int(rg_start[g])
+        for batch in _iter_row_group(pf, g, cfg.record_batch_rows, append_target):
+            cols = _columns(path, batch, append_target)
+            _check_pids(path, cols, mapping.num_items)
+            ok = cols.num_items >= cfg.min_items
+            eligible[row:row + len(ok)] = ok
+            rg_eligible[g] += int(ok.sum())
+            row += len(ok)
+    return _FileIndex(rg_rows, rg_start, rg_eligible, eligible, int(len(eligible) - rg_eligible.sum()))
+
+
+def _iter_row_group(pf: pq.ParquetFile, g: int, rows: int, append_target: bool) -> Iterator[pa.RecordBatch]:
+    columns = ["user_id", "item_ids"] + (["target"] if append_target else [])
+    return pf.iter_batches(batch_size=rows, row_groups=[g], columns=columns, use_threads=False)
+
+
+# ---- the epoch order --------------------------------------------------------------------------------------------
+def _rng(seed: int, epoch: int, kind: int, index: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(epoch, kind, index)))
+
+
+class _EpochOrder:
+    """Maps the t-th eligible row in read order to its position in the epoch's user order."""
+
+    def __init__(self, index: _FileIndex, seed: int, epoch: int, window: int, shuffle: bool):
+        n_rg = len(index.rg_rows)
+        self.shuffle, self.seed, self.epoch, self.window = shuffle, seed, epoch, window
+        self.rg_order = _rng(seed, epoch, 0, 0).permutation(n_rg) if shuffle else np.arange(n_rg)
+        self.read_start = np.concatenate([[0], np.cumsum(index.rg_eligible[self.rg_order])]).astype(np.int64)
+        self.total = index.num_eligible
+        self._perms: dict[int, np.ndarray] = {}
+
+    def positions(self, t: np.ndarray) -> np.ndarray:
+        if not self.shuffle:
+            return t
+        w = t // self.window
+        out = np.empty_like(t)
+        for win in np.unique(w):
+            sel = w == win
+            out[sel] = win * self.window + self._perm(int(win))[t[sel] - win * self.window]
+        return out
+
+    def first_row_group(self, position: int) -> int:
+        """Index into rg_order of the row group where reading must start to produce `position` onwards."""
+        start = (position // self.window) * self.window if self.shuffle else position
+        return int(np.searchsorted(self.read_start, start, side="right") - 1)
+
+    def completed(self, t_read: int) -> int:
+        """Positions [0, completed) are all known once the first t_read eligible rows have been read."""
+        if t_read >= self.total:
+            return self.total
+        return (t_read // self.window) * self.window if self.shuffle else t_read
+
+    def _perm(self, win: int) -> np.ndarray:
+        if win not in self._perms:
+            self._perms = {w: p for w, p in self._perms.items() if w >= win - 1}
+            size = min(self.window, self.total - win * self.window)
+            self._perms[win] = _rng(self.seed, self.epoch, 1, win).permutation(size)
+        return self._perms[win]
+
+
+class _RowBuffer:
+    """Rows of one rank keyed by the rank's stream index j (PIDs right-padded to L), bounded by what is open."""
+
+    def __init__(self, L: int):
+        self.base = 0
+        self.pids = np.zeros((0, L), dtype=np.int64)
+        self.lens = np.zeros(0, dtype=np.int64)
+        self.uids = np.zeros(0, dtype=np.int64)
+
+    def put(self, j: np.ndarray, pids: np.ndarray, lens: np.ndarray, uids: np.ndarray) -> None:
+        need = int(j.max()) - self.base + 1
+        if need > len(self.lens):
+            grow = max(need, 2 * len(self.lens))
+            self.pids = np.concatenate([self.pids, np.zeros((grow - len(self.lens), self.pids.shape[1]), np.int64)])
+            self.lens = np.concatenate([self.lens, np.zeros(grow - len(self.lens), np.int64)])
+            self.uids = np.concatenate([self.uids, np.zeros(grow - len(self.uids), np.int64)])
+        k = j - self.base
+        self.pids[k], self.lens[k], self.uids[k] = pids, lens, uids
+
+    def take(self, j0: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows j0 … j0+n-1 (rows never put, padding past the end of the epoch, come back as zeros)."""
+        lo = j0 - self.base
+        have = max(0, min(n, len(self.lens) - lo))
+        pids = np.zeros((n, self.pids.shape[1]), np.int64)
+        lens, uids = np.zeros(n, np.int64), np.zeros(n, np.int64)
+        rows = slice(lo, lo + have)
+        pids[:have], lens[:have], uids[:have] = self.pids[rows], self.lens[rows], self.uids[rows]
+        return pids, lens, uids
+
+    def release_before(self, j: int) -> None:
+        drop = j - self.base
+        if drop > 0 and drop * 2 >= len(self.lens):
+            self.pids, self.lens, self.uids = self.pids[drop:], self.lens[drop:], self.uids[drop:]
+            self.base = j
+
+
+# ---- the loader -------------------------------------------------------------------------------------------------
+class SequenceLoader:
+    """An iterable over one epoch at a time (see the module docstring).
+
+    Training (`training=True`): each `iter()` continues from the state (epoch, batches handed out) and, once the
+    epoch is exhausted, the next `iter()` starts the next epoch. Take `state_dict()` after the step that used the
+    last batch handed out. Validation (`training=False`): every `iter()` is one full pass over all eligible
+    users in file order.
+    """
+
+    def __init__(self, path, mapping: SIDMapping, cfg: DataConfig, dp_rank: int, dp_size: int,
+                 training: bool, append_target: bool = False):
+        cfg.check(dp_size)
+        if not 0 <= dp_rank < dp_size:
+            raise ValueError(f"dp_rank={dp_rank} outside 0..{dp_size - 1}")
+        self.path, self.mapping, self.cfg = str(path), mapping, cfg
+        self.dp_rank, self.dp_size, self.training, self.append_target = dp_rank, dp_size, training, append_target
+        self.shuffle = bool(cfg.shuffle and training)
+        self.rank_batch = cfg.global_batch_size // dp_size
+        self.index = _scan(self.path, mapping, cfg, append_target)
+        if self.index.num_eligible == 0:
+            raise input_error(self.path, "min_items", cfg.min_items,
+                              f"no user has enough items ({self.index.skipped} users skipped)")
+        self.num_users = self.index.num_eligible
+        self.num_batches = math.ceil(self.num_users / cfg.global_batch_size)
+        self.skipped_users = self.index.skipped
+        # [N+1, H]: row N is all zeros, the PID used for padding, so one gather yields zero-padded SIDs
+        pad_row = torch.zeros(1, mapping.num_levels, dtype=torch.int64)
+        self._codes = torch.cat([mapping.codes.t(), pad_row]).contiguous()
+        self._pad_pid = mapping.num_items
+        self._epoch = 0
+        self._consumed = 0
+
+    # ---- iteration ------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[Batch]:
+        if not self.training:
+            yield from self._produce(0, 0)
+            return
+        if self._consumed >= self.num_batches:
+            self._epoch, self._consumed = self._epoch + 1, 0
+        epoch = self._epoch
+        for batch in self._produce(epoch, self._consumed):
+            self._consumed += 1
+            yield batch
+        self._epoch, self._consumed = epoch + 1, 0
+
+    def _produce(self, epoch: int, start: int) -> Iterator[Batch]:
+        if self.cfg.num_workers == 0:
+            return self.epoch_batches(epoch, start)
+        dataset = _WorkerDataset(self, epoch, start, self.cfg.num_workers)
+        return iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=self.cfg.num_workers))
+
+    # ---- resume ---------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"epoch": self._epoch, "batches_consumed": self._consumed, "seed": self.cfg.seed,
+                "global_batch_size": self.cfg.global_batch_size, "shuffle": self.shuffle,
+                "shuffle_window_rows": self.cfg.shuffle_window_rows, "num_users": self.num_users,
+                "num_row_groups": len(self.index.rg_rows), "dp_rank": self.dp_rank, "dp_size": self.dp_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue where `state` stopped. The DP layout may differ (global batches do not depend on it); the
+        settings that define the order must not."""
+        mine = self.state_dict()
+        for key in ("seed", "global_batch_size", "shuffle", "shuffle_window_rows", "num_users", "num_row_groups"):
+            if state[key] != mine[key]:
+                raise ValueError(f"loader state has {key}={state[key]!r} but this loader has {mine[key]!r}: "
+                                 "resuming would not reproduce the same batches")
+        self._epoch, self._consumed = int(state["epoch"]), int(state["batches_consumed"])
+
+    # ---- one epoch ------------------------------------------------------------------------------------------
+    def epoch_batches(self, epoch: int, start: int = 0, stride: int = 1, offset: int = 0) -> Iterator[Batch]:
+        """Batches start, start+1, … of `epoch` for this rank; with stride > 1 only those k with
+        (k - start) % stride == offset (one worker's share)."""
+        order = _EpochOrder(self.index, self.cfg.seed, epoch, self.cfg.shuffle_window_rows, self.shuffle)
+        buf = _RowBuffer(self.cfg.max_items)
+        todo = [k for k in range(start, self.num_batches) if (k - start) % stride == offset]
+        if not todo:
+            return
+        with _open(self.path, self.append_target) as pf:
+            yield from self._stream(pf, order, buf, start, stride, offset, todo)
+
+    def _stream(self, pf, order: _EpochOrder, buf: _RowBuffer, start: int, stride: int, offset: int,
+                todo: list[int]) -> Iterator[Batch]:
+        G, b, r = self.cfg.global_batch_size, self.rank_batch, self.dp_rank
+        next_k = 0  # index into todo
+        rg_first = order.first_row_group(start * G)
+        t = int(order.read_start[rg_first])  # eligible rows read so far, in read order
+        for g in order.rg_order[rg_first:]:
+            row = int(self.index.rg_start[g])
+            for batch in _iter_row_group(pf, int(g), self.cfg.record_batch_rows, self.append_target):
+                n = batch.num_rows
+                elig = np.flatnonzero(self.index.eligible[row:row + n])
+                row += n
+                if elig.size == 0:
+                    continue
+                p = order.positions(t + np.arange(elig.size, dtype=np.int64))
+                t += elig.size
+                k, slot = p // G, p % G - r * b
+                mine = (slot >= 0) & (slot < b) & (k >= start) & ((k - start) % stride == offset)
+                if mine.any():
+                    cols = _columns(self.path, batch, self.append_target)
+                    pids, lens = self._truncate(cols, elig[mine])
+                    buf.put(k[mine] * b + slot[mine], pids, lens, cols.user_ids[elig[mine]])
+                done = order.completed(t)
+                while next_k < len(todo) and min(todo[next_k] * G + (r + 1) * b, self.num_users) <= done:
+                    yield self._emit(buf, todo[next_k])
+                    next_k += 1
+                if next_k == len(todo):
+                    return
+
+    def _truncate(self, cols: _Columns, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The most recent max_items items (history, then target) of `rows`, right-padded with the pad PID."""
+        L = self.cfg.max_items
+        end = cols.offsets[rows + 1]
+        has_t = 1 if cols.targets is not None else 0
+        keep = np.minimum(cols.num_items[rows], L)
+        hist = keep - has_t
+        col = np.arange(L, dtype=np.int64)
+        in_hist = col[None, :] < hist[:, None]
+        pids = np.full((len(rows), L), self._pad_pid, dtype=np.int64)
+        if cols.values.size:
+            idx = (end - hist)[:, None] + col[None, :]
+            pids[in_hist] = cols.values[idx[in_hist]]
+        if has_t:
+            pids[np.arange(len(rows)), hist] = cols.targets[rows]
+        return pids, keep
+
+    def _emit(self, buf: _RowBuffer, k: int) -> Batch:
+        G, b = self.cfg.global_batch_size, self.rank_batch
+        real = min(b, max(0, self.num_users - (k * G + self.dp_rank * b)))
+        pids, lens, uids = buf.take(k * b, b)
+        buf.release_before(k * b + b)
+        pids[real:], lens[real:], uids[real:] = self._pad_pid, 0, -1
+        # index_select, not advanced indexing: ~50x faster for this gather on CPU
+        sids = self._codes.index_select(0, torch.from_numpy(pids).view(-1)).view(b, self.cfg.max_items, -1)
+        return Batch(sids, torch.from_numpy(lens), torch.from_numpy(uids), real)
+
+
+class _WorkerDataset(torch.utils.data.IterableDataset):
+    """One epoch split over DataLoader workers: worker w builds batches start+w, start+w+n, …"""
+
+    def __init__(self, loader: SequenceLoader, epoch: int, start: int, num_workers: int):
+        self.loader, self.epoch, self.start, self.num_workers = loader, epoch, start, num_workers
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = torch.utils.data.get_worker_info()
+        offset = info.id if info is not None else 0
+        stride = self.num_workers if info is not None else 1
+        return self.loader.epoch_batches(self.epoch, self.start, stride, offset)

@@ -1,0 +1,36 @@
+"""Gin-bound configuration of the streaming SID loader (`training/loader.py`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gin
+
+
+@gin.configurable
+@dataclass
+class DataConfig:
+    train_path: str = ""  # sequences parquet (train.parquet)
+    valid_path: str = ""  # valid.parquet (has `target`: appended to the history as the item to predict)
+    mapping_path: str = ""  # SID mapping (SIDMapping.load)
+    max_items: int = 50  # keep each user's most recent max_items items (history + target)
+    min_items: int = 2  # users with fewer items are skipped and counted
+    global_batch_size: int = 128  # users per optimizer step across all DP ranks
+    shuffle: bool = True
+    seed: int = 1234
+    num_workers: int = 0  # 0 = batches built in the training process; n > 0 = n DataLoader worker processes
+    record_batch_rows: int = 4096  # pyarrow record batch size when streaming
+    shuffle_window_rows: int = 65536  # users shuffled together (bounded memory); see the loader's docstring
+
+    def check(self, dp_size: int) -> None:
+        """Reject settings the loader cannot honour (ValueError: these are configuration, not data, errors)."""
+        positive = ("max_items", "min_items", "global_batch_size", "record_batch_rows", "shuffle_window_rows")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"DataConfig.{name}={getattr(self, name)} must be >= 1")
+        if self.num_workers < 0:
+            raise ValueError(f"DataConfig.num_workers={self.num_workers} must be >= 0")
+        if self.seed < 0:
+            raise ValueError(f"DataConfig.seed={self.seed} must be >= 0")
+        if dp_size < 1 or self.global_batch_size % dp_size:
+            raise ValueError(f"DataConfig.global_batch_size={self.global_batch_size} is not divisible by the "
+                             f"data-parallel size {dp_size}")
