@@ -7,8 +7,10 @@ item sits at the same positions in training (either mode) and at inference.
 Loss modes:
   "last": [codes(0) … codes(n-2), BOS, codes(n-1)]              loss on the last item only
   "all":  [codes(0), BOS, codes(1), BOS, codes(2) …]            loss on every item after the first
-Attention is causal, except that no token sees the BOS of another item, so in "all" mode every item is
-predicted exactly as "last" mode would predict it from its own prefix (inference sees no stray BOS either).
+Attention is causal, except that a BOS is seen by no token but itself. The BOS is only the query that predicts
+level 0; code tokens never see one, so a history item's hidden states are identical whether or not it carried a
+BOS in training, and in "all" mode every item is predicted exactly as "last" mode (and inference) would predict
+it from its own prefix, at any depth.
 Inference prefill is "last" mode with the target item unknown: [codes(0) … codes(n-1), BOS].
 """
 from __future__ import annotations
@@ -80,18 +82,22 @@ def build_layout(sids: torch.Tensor, code_present: torch.Tensor, bos_present: to
         labels[:, :-1] = torch.where(nxt_is_target, tokens[:, 1:], IGNORE)
         label_levels[:, :-1] = torch.where(nxt_is_target, level[:, 1:], IGNORE)
 
-    attention_mask = ~visible_keys(is_bos, valid, item_index).unsqueeze(1)
+    attention_mask = ~visible_keys(is_bos, valid).unsqueeze(1)
     return TokenBatch(tokens, is_bos, valid, positions, item_index, labels, label_levels, attention_mask)
 
 
-def visible_keys(is_bos: torch.Tensor, valid: torch.Tensor, item_index: torch.Tensor) -> torch.Tensor:
-    """[B, S, S] bool, True where query j may attend key i: causal, valid keys, no other item's BOS.
-    The diagonal is always visible so padding rows never softmax over nothing."""
+def visible_keys(is_bos: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """[B, S, S] bool, True where query j may attend key i: causal, valid, non-BOS keys.
+    The diagonal is always visible: a BOS sees itself, and padding rows never softmax over nothing."""
     S = is_bos.shape[1]
     causal = torch.ones(S, S, dtype=torch.bool).tril()
-    foreign_bos = is_bos.unsqueeze(1) & (item_index.unsqueeze(1) != item_index.unsqueeze(2))
-    allowed = causal & valid.unsqueeze(1) & ~foreign_bos
+    allowed = causal & history_keys(is_bos, valid).unsqueeze(1)
     return allowed | torch.eye(S, dtype=torch.bool)
+
+
+def history_keys(is_bos: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """[B, S] bool: the tokens any later token may attend to (valid code tokens, never a BOS)."""
+    return valid & ~is_bos
 
 
 def training_layout(sids: torch.Tensor, lengths: torch.Tensor, loss_mode: LossMode,

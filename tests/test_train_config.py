@@ -1,0 +1,84 @@
+"""Trainer configuration and bad-input errors that need no Megatron process."""
+import subprocess
+import sys
+from pathlib import Path
+
+import gin
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "dist"))
+from train_fixtures import REPO, write_dataset  # noqa: E402
+
+from sidgr.training.config import ModelConfig, parse_config  # noqa: E402
+
+
+def test_unknown_parameter_of_a_config_is_an_error():
+    with pytest.raises(ValueError, match="bogus"):
+        parse_config(None, ["ModelConfig.bogus = 3"])
+
+
+def test_unknown_configurable_is_an_error():
+    with pytest.raises(ValueError):
+        parse_config(None, ["NoSuchConfig.x = 3"])
+
+
+def test_binding_of_a_configurable_the_trainer_never_builds_is_an_error():
+    @gin.configurable
+    def stray_helper(x=1):
+        return x
+
+    with pytest.raises(ValueError, match="stray_helper"):
+        parse_config(None, ["stray_helper.x = 3"])
+    with pytest.raises(ValueError, match="never used"):
+        parse_config(None, ["train/ModelConfig.hidden_size = 3"])  # scoped: nothing builds that scope
+
+
+def test_config_files_parse_and_bind_every_dataclass():
+    for name in ("tiny_ci", "ml100k", "synth_large"):
+        parse_config(str(REPO / "configs" / f"{name}.gin"), ["ModelConfig.num_layers = 3"])
+        assert ModelConfig().num_layers == 3
+    gin.clear_config()
+
+
+def test_mapping_that_disagrees_with_the_config_fails_before_training(tmp_path):
+    """End to end through `sidgr train` (which execs torchrun): one line naming the file, field and value."""
+    paths = write_dataset(tmp_path / "data", num_users=8)
+    cmd = [sys.executable, "-m", "sidgr.cli", "train", "--nproc", "1", "--config", "configs/tiny_ci.gin",
+           f'TrainerConfig.run_dir="{tmp_path / "run"}"', f'DataConfig.train_path="{paths["train"]}"',
+           f'DataConfig.valid_path="{paths["valid"]}"', f'DataConfig.mapping_path="{paths["mapping"]}"',
+           "ModelConfig.codebook_sizes=(8, 8, 5)"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    err = [line for line in proc.stderr.splitlines() if "sidgr train: error" in line]
+    assert err, proc.stderr[-2000:]
+    assert "sids.json" in err[0] and "codebook_sizes=[8, 8, 4]" in err[0] and "[8, 8, 5]" in err[0]
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_mapping_level_count_mismatch_names_the_levels(tmp_path):
+    from sidgr.errors import InputError
+    from sidgr.sid.mapping import SIDMapping
+    from sidgr.training.train import check_mapping
+
+    paths = write_dataset(tmp_path / "data", num_users=8)
+    mapping = SIDMapping.load(paths["mapping"])
+    with pytest.raises(InputError, match=r"sids.json: levels=3: the config expects 2 levels"):
+        check_mapping(ModelConfig(codebook_sizes=(8, 8)), mapping)
+    assert check_mapping(ModelConfig(codebook_sizes=()), mapping) == (8, 8, 4)
+    assert check_mapping(ModelConfig(codebook_sizes=(8, 8, 4)), mapping) == (8, 8, 4)
+
+
+def test_resume_ignores_temporaries_and_incomplete_checkpoints(tmp_path):
+    from sidgr.training.checkpoint import TRAINER_STATE, _remove_stale_temporaries, latest_checkpoint
+
+    root = tmp_path / "checkpoints"
+    assert latest_checkpoint(tmp_path) is None
+    for name, complete in (("iter_0000004", True), ("iter_0000008", True), ("iter_0000012", False),
+                           (".iter_0000016.abc123.tmp", True)):
+        (root / name).mkdir(parents=True)
+        if complete:
+            (root / name / TRAINER_STATE).write_bytes(b"x")
+    # a killed save leaves only a temporary (or, before its rename, nothing named iter_*): never picked
+    assert latest_checkpoint(tmp_path).name == "iter_0000008"
+    _remove_stale_temporaries(root)
+    assert sorted(p.name for p in root.iterdir()) == ["iter_0000004", "iter_0000008", "iter_0000012"]

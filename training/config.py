@@ -1,0 +1,94 @@
+"""Gin-bound configuration dataclasses for the trainer (the data config lives with the loader).
+
+Every field is read by the trainer. Gin rejects bindings of unknown parameters of a registered configurable and
+of unknown configurables; `parse_config` additionally rejects bindings of configurables the trainer never builds,
+so no binding can be silently ignored.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import gin
+
+from sidgr.arch import ModelArch
+
+
+@gin.configurable
+@dataclass
+class TrainerConfig:
+    run_dir: str = "runs/default"
+    train_steps: int = 100  # optimizer steps; the loader restarts with a new shuffle each epoch
+    log_interval: int = 10
+    eval_interval: int = 50  # 0 = only at the end
+    eval_max_batches: int = 0  # 0 = the whole validation set
+    save_interval: int = 0  # 0 = only at the end
+    keep_last: int = 2
+    seed: int = 1234
+    wandb: Literal["offline", "online", "disabled"] = "offline"
+    wandb_project: str = "sidgr"
+    progress: bool = True
+
+
+@gin.configurable
+@dataclass
+class ModelConfig:
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_attention_heads: int = 4
+    ffn_hidden_size: int = 512
+    head_mode: Literal["shared", "per_level"] = "shared"
+    loss_mode: Literal["last", "all"] = "all"
+    codebook_sizes: tuple = ()  # () = take them from the SID mapping; else must match it
+    dropout: float = 0.1  # embedding, attention and hidden dropout
+    layernorm_epsilon: float = 1e-5
+    init_method_std: float = 0.02
+    vocab_pad_multiple: int = 8  # pad code tables to a multiple of lcm(this, TP): same shapes for TP 1..8
+    bf16_on_gpu: bool = True  # bf16 params + fp32 master weights on GPU; CPU always trains in fp32
+
+
+@gin.configurable
+@dataclass
+class OptimizerConfig:
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    warmup_steps: int = 10
+    decay_style: Literal["cosine", "linear", "constant"] = "cosine"
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.98
+    adam_eps: float = 1e-8
+    sgd_momentum: float = 0.0
+    clip_grad: float = 1.0  # 0 disables clipping
+    use_distributed_optimizer: bool = False
+
+
+@gin.configurable
+@dataclass
+class ParallelConfig:
+    tensor_parallel: int = 1
+    overlap_grad_reduce: bool = False
+
+
+def model_arch(model: ModelConfig, codebook_sizes, max_items: int) -> ModelArch:
+    return ModelArch(codebook_sizes=tuple(codebook_sizes), hidden_size=model.hidden_size,
+                     num_layers=model.num_layers, num_attention_heads=model.num_attention_heads,
+                     ffn_hidden_size=model.ffn_hidden_size, max_items=max_items, head_mode=model.head_mode,
+                     layernorm_epsilon=model.layernorm_epsilon)
+
+
+BUILT_CONFIGURABLES = ("TrainerConfig", "ModelConfig", "OptimizerConfig", "ParallelConfig", "DataConfig")
+
+
+def parse_config(config_file: str | None, bindings: list[str] | tuple = ()) -> None:
+    """Parse a gin file plus overrides, then refuse bindings of any configurable the trainer does not build."""
+    from sidgr.training import loader  # noqa: F401  registers DataConfig
+
+    gin.clear_config()
+    gin.parse_config_files_and_bindings([config_file] if config_file else [], list(bindings))
+    for (scope, selector) in gin.config._CONFIG.keys():
+        name = selector.split(".")[-1]
+        if scope or name not in BUILT_CONFIGURABLES:
+            raise ValueError(f"gin binding for {scope + '/' if scope else ''}{selector} is never used by the "
+                             f"trainer (it builds only {', '.join(BUILT_CONFIGURABLES)})")

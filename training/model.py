@@ -1,0 +1,138 @@
+"""The SID-GR decoder built with Megatron-Core.
+
+Input embedding = (shared code table `embedding.codes`, rows offset by level | learned `embedding.bos`) + learned
+absolute position `embedding.positions`, then dropout. Decoder: a Megatron `TransformerBlock` from a layer spec
+(local spec on CPU, Transformer Engine spec on GPU when installed) with a final LayerNorm. Heads: vocab-parallel
+`ColumnParallelLinear`s without bias, `heads.0` over all levels' codes ('shared') or `heads.{h}` per level.
+Code tables are padded to a multiple of lcm(vocab_pad_multiple, TP); padded rows are never indexed and padded
+logits are masked in the loss (export strips them).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state as ps
+from megatron.core import tensor_parallel
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.transformer_block import TransformerBlock
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from sidgr.arch import ModelArch
+from sidgr.training.config import ModelConfig
+
+
+def padded_size(n: int, pad_multiple: int, tp: int) -> int:
+    m = math.lcm(max(1, pad_multiple), tp)
+    return -(-n // m) * m
+
+
+def transformer_config(model: ModelConfig, arch: ModelArch, tp: int) -> TransformerConfig:
+    on_gpu = torch.cuda.is_available()
+    bf16 = on_gpu and model.bf16_on_gpu
+    return TransformerConfig(
+        num_layers=arch.num_layers, hidden_size=arch.hidden_size, num_attention_heads=arch.num_attention_heads,
+        ffn_hidden_size=arch.ffn_hidden_size, tensor_model_parallel_size=tp,
+        hidden_dropout=model.dropout, attention_dropout=model.dropout,
+        layernorm_epsilon=arch.layernorm_epsilon, init_method_std=model.init_method_std,
+        normalization="LayerNorm", activation_func=F.gelu, add_bias_linear=True,
+        use_cpu_initialization=not on_gpu, bf16=bf16, params_dtype=torch.bfloat16 if bf16 else torch.float32,
+        pipeline_dtype=torch.bfloat16 if bf16 else torch.float32,
+        calculate_per_token_loss=True,  # DDP sums gradients; the loss divides by the global token count
+        gradient_accumulation_fusion=False, bias_activation_fusion=False, bias_dropout_fusion=False,
+        masked_softmax_fusion=False, persist_layer_norm=False, apply_rope_fusion=False,
+    )
+
+
+def layer_spec():
+    """Transformer Engine spec on GPU when TE is importable, else the local spec; arbitrary explicit masks."""
+    from megatron.core.transformer.enums import AttnMaskType
+
+    spec = None
+    if torch.cuda.is_available():
+        try:
+            from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
+            spec = get_gpt_layer_with_transformer_engine_spec()
+        except (ImportError, AssertionError):
+            spec = None
+    if spec is None:
+        from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+        spec = get_gpt_layer_local_spec()
+    # Our mask is not plain causal (no token sees another item's BOS): always pass it explicitly.
+    spec.submodules.self_attention.params["attn_mask_type"] = AttnMaskType.arbitrary
+    return spec
+
+
+class SIDEmbedding(MegatronModule):
+    def __init__(self, config: TransformerConfig, arch: ModelArch, vocab_padded: int):
+        super().__init__(config)
+        self.codes = tensor_parallel.VocabParallelEmbedding(
+            num_embeddings=vocab_padded, embedding_dim=arch.hidden_size, init_method=config.init_method,
+            config=config)
+        self.bos = torch.nn.Parameter(torch.empty(arch.hidden_size, dtype=config.params_dtype))
+        self.positions = torch.nn.Embedding(arch.max_positions, arch.hidden_size, dtype=config.params_dtype)
+        with torch.no_grad():
+            config.init_method(self.bos)
+            config.init_method(self.positions.weight)
+        self.dropout = torch.nn.Dropout(config.hidden_dropout)
+
+    def forward(self, tokens, is_bos, positions) -> torch.Tensor:
+        """[B, S] -> [S, B, hidden] (Megatron's sequence-first layout)."""
+        x = self.codes(tokens)
+        x = torch.where(is_bos.unsqueeze(-1), self.bos.to(x.dtype), x) + self.positions(positions)
+        return self.dropout(x.transpose(0, 1).contiguous())
+
+
+class OutputHeads(MegatronModule):
+    """Children named '0', '1', … so state-dict keys read `heads.{h}.weight`."""
+
+    def __init__(self, config: TransformerConfig, arch: ModelArch, sizes_padded: list[int]):
+        super().__init__(config)
+        self.num_heads = len(sizes_padded)
+        for h, size in enumerate(sizes_padded):
+            self.add_module(str(h), tensor_parallel.ColumnParallelLinear(
+                arch.hidden_size, size, config=config, init_method=config.init_method, bias=False,
+                gather_output=False, skip_bias_add=True))
+
+    def head(self, h: int) -> tensor_parallel.ColumnParallelLinear:
+        return getattr(self, str(h))
+
+
+class SIDGRModel(MegatronModule):
+    def __init__(self, config: TransformerConfig, arch: ModelArch, vocab_pad_multiple: int = 8):
+        super().__init__(config)
+        self.arch = arch
+        tp = config.tensor_model_parallel_size
+        self.vocab_padded = padded_size(arch.vocab_size, vocab_pad_multiple, tp)
+        real = [arch.vocab_size] if arch.head_mode == "shared" else list(arch.codebook_sizes)
+        self.head_sizes = real  # real (unpadded) output size of each head
+        self.embedding = SIDEmbedding(config, arch, self.vocab_padded)
+        self.decoder = TransformerBlock(config, layer_spec(), post_layer_norm=True)
+        self.heads = OutputHeads(config, arch, [padded_size(n, vocab_pad_multiple, tp) for n in real])
+
+    def set_input_tensor(self, input_tensor):  # pipeline-parallel hook Megatron's schedules call
+        self.decoder.set_input_tensor(input_tensor)
+
+    def forward(self, tokens, is_bos, positions, attention_mask) -> torch.Tensor:
+        """Final hidden states [S, B, hidden]."""
+        x = self.embedding(tokens, is_bos, positions)
+        return self.decoder(hidden_states=x, attention_mask=attention_mask)
+
+    def head_logits(self, h: int, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [n, hidden] -> this rank's vocab slice of head h's logits [n, V_h_padded / TP], padding masked."""
+        logits, _ = self.heads.head(h)(hidden.unsqueeze(1))
+        logits = logits.squeeze(1).float()
+        per_rank = logits.shape[-1]
+        start = ps.get_tensor_model_parallel_rank() * per_rank
+        n_pad = start + per_rank - self.head_sizes[h]
+        if n_pad > 0:
+            col = torch.arange(start, start + per_rank, device=logits.device)
+            logits = logits.masked_fill(col >= self.head_sizes[h], torch.finfo(torch.float32).min)
+        return logits
+
+
+def build_model(model_cfg: ModelConfig, arch: ModelArch, tp: int, device: torch.device) -> SIDGRModel:
+    config = transformer_config(model_cfg, arch, tp)
+    model = SIDGRModel(config, arch, model_cfg.vocab_pad_multiple)
+    return model.to(device)
