@@ -37,6 +37,8 @@ class ModelConfig:
     num_layers: int = 4
     num_attention_heads: int = 4
     ffn_hidden_size: int = 512
+    kind: Literal["sid_gr", "item"] = "sid_gr"  # 'item': the item-level baselines (SASRec-CE, SID-input)
+    item_input: str = "id"  # kind='item' only: id | rqsum | prefixn | rqsum+id | prefixn+id
     head_mode: Literal["shared", "per_level"] = "shared"
     loss_mode: Literal["last", "all"] = "all"
     codebook_sizes: tuple = ()  # () = take them from the SID mapping; else must match it

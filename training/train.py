@@ -81,12 +81,12 @@ def forward_loss(ddp, model, tb: TokenBatch):
     return loss, count
 
 
-def train_step(ddp, model, optimizer, scheduler, tb: TokenBatch) -> dict:
+def train_step(ddp, model, optimizer, scheduler, tb, loss_fn=forward_loss) -> dict:
     from sidgr.training.dist import all_reduce_dp
     from sidgr.training.optim import zero_grads
 
     zero_grads(ddp, optimizer)
-    loss, count = forward_loss(ddp, model, tb)
+    loss, count = loss_fn(ddp, model, tb)
     loss.backward()
     ddp.finish_grad_sync()
     ok, grad_norm, _ = optimizer.step()
@@ -97,7 +97,7 @@ def train_step(ddp, model, optimizer, scheduler, tb: TokenBatch) -> dict:
 
 
 @torch.no_grad()
-def evaluate(ddp, model, loader, arch, device, max_batches: int) -> float:
+def evaluate(ddp, model, loader, arch, device, max_batches: int) -> dict:
     """Validation token-mean cross-entropy of the target item ('last' mode: history + BOS + target codes)."""
     from sidgr.training.dist import all_reduce_dp
     from sidgr.training.loss import token_losses
@@ -114,7 +114,37 @@ def evaluate(ddp, model, loader, arch, device, max_batches: int) -> float:
                                                                       dtype=torch.float64)])
     ddp.train()
     all_reduce_dp(total)
-    return float(total[0] / total[1].clamp_min(1))
+    return {"valid_loss": float(total[0] / total[1].clamp_min(1))}
+
+
+class SIDGRTask:
+    """The SID-GR hooks of the train loop; `sidgr.training.item_model.ItemTask` is the item-level twin."""
+
+    def __init__(self):
+        self.arch_ = None
+
+    def arch(self, arch):
+        self.arch_ = arch
+        return arch
+
+    def build(self, model_cfg, arch, tp: int, device):
+        from sidgr.training.model import build_model
+        return build_model(model_cfg, arch, tp, device)
+
+    def batch(self, batch, loss_mode: str, device) -> TokenBatch:
+        return layout_for(batch, loss_mode, self.arch_, device)
+
+    forward_loss = staticmethod(forward_loss)
+
+    def validate(self, ddp, model, loader, device, max_batches: int) -> dict:
+        return evaluate(ddp, model, loader, self.arch_, device, max_batches)
+
+
+def make_task(model_cfg, mapping: SIDMapping):
+    if model_cfg.kind == "item":
+        from sidgr.training.item_model import ItemTask
+        return ItemTask(mapping, model_cfg.item_input)
+    return SIDGRTask()
 
 
 # ---- metrics -------------------------------------------------------------------------------------------------
@@ -199,14 +229,14 @@ def run(cfgs: dict, resume: bool) -> dict:
 
     tcfg, mcfg, ocfg, pcfg, dcfg = (cfgs[k] for k in ("trainer", "model", "optim", "parallel", "data"))
     mapping = SIDMapping.load(dcfg.mapping_path)
-    arch = model_arch(mcfg, check_mapping(mcfg, mapping), dcfg.max_items)  # before anything heavy starts
+    task = make_task(mcfg, mapping)
+    arch = task.arch(model_arch(mcfg, check_mapping(mcfg, mapping), dcfg.max_items))  # before anything heavy
 
     from tqdm import tqdm
 
     from sidgr.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
     from sidgr.training.dist import init_distributed, seed_everything, teardown
     from sidgr.training.loader import SequenceLoader
-    from sidgr.training.model import build_model
     from sidgr.training.optim import build_optimizer, build_scheduler, current_lr, wrap_ddp
     from sidgr.training.plots import plot_loss_curves
 
@@ -214,7 +244,7 @@ def run(cfgs: dict, resume: bool) -> dict:
     info = init_distributed(pcfg.tensor_parallel)
     try:
         seed_everything(tcfg.seed)
-        model = build_model(mcfg, arch, info.tp_size, info.device)
+        model = task.build(mcfg, arch, info.tp_size, info.device)
         ddp = wrap_ddp(model, ocfg, pcfg)
         optimizer = build_optimizer(ddp, ocfg)
         scheduler = build_scheduler(optimizer, ocfg, tcfg.train_steps)
@@ -248,13 +278,13 @@ def run(cfgs: dict, resume: bool) -> dict:
         def validate(at: int):
             if valid_loader is None:
                 return
-            v = evaluate(ddp, model, valid_loader, arch, info.device, tcfg.eval_max_batches)
-            rec = {"step": at, "valid_loss": v}
+            rec = {"step": at, **task.validate(ddp, model, valid_loader, info.device, tcfg.eval_max_batches)}
             metrics.add(rec)
             wandb_run.log(rec)
             metrics.flush()
             if rank0:
-                tqdm.write(f"[sidgr train] step {at} valid_loss {v:.4f}")
+                tqdm.write(f"[sidgr train] step {at} " + " ".join(f"{k} {v:.4f}" for k, v in rec.items()
+                                                                   if k != "step"))
 
         bar = tqdm(total=tcfg.train_steps, initial=step, disable=not (rank0 and tcfg.progress),
                    dynamic_ncols=True, desc="train")
@@ -268,8 +298,8 @@ def run(cfgs: dict, resume: bool) -> dict:
             except StopIteration:
                 batches = iter(train_loader)  # next epoch, new shuffle
                 continue
-            tb = layout_for(batch, mcfg.loss_mode, arch, info.device)
-            last = train_step(ddp, model, optimizer, scheduler, tb)
+            tb = task.batch(batch, mcfg.loss_mode, info.device)
+            last = train_step(ddp, model, optimizer, scheduler, tb, task.forward_loss)
             step += 1
             dt = time.perf_counter() - t0
             rec = {"step": step, "loss": last["loss"], "lr": current_lr(optimizer), "grad_norm": last["grad_norm"],

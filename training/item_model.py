@@ -1,0 +1,370 @@
+"""Item-level sequence baselines on the SID-GR Megatron decoder: SASRec-CE and SIDs-as-input-features.
+
+One token per item (no BOS), positions 0..S-1, plain causal attention over the valid tokens; the hidden state at
+position t scores the next item t+1 with a full softmax over the catalog (a vocab-parallel `ColumnParallelLinear`
+head over N items, padded to a multiple of lcm(vocab_pad_multiple, TP), padding masked).
+
+Item input (`item_input`, seed 003), summed with a learned position embedding, then dropout:
+  'id'         one row per item (`embedding.items`, a `VocabParallelEmbedding` over N): SASRec-CE
+  'rqsum'      sum of the item's per-level code embeddings (`embedding.codes`, rows offset by level)
+  'prefixn'    sum of the embeddings of its prefixes of length 1..H (`embedding.prefixes.{h}`, one table per
+               prefix length, indexed by the prefix's dense node id in the catalog trie)
+  'rqsum+id', 'prefixn+id'   the above plus the item-id embedding (sum fusion)
+Decoder: the same `TransformerBlock` spec and `TransformerConfig` as SID-GR (training/model.py).
+Item ids come from the SIDs through the catalog trie (the loader's `Batch` carries SIDs only): SIDs must be
+unique (a de-duplication level), else the id embedding and the labels would be ambiguous.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from megatron.core import parallel_state as ps
+from megatron.core import tensor_parallel
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.transformer_block import TransformerBlock
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from sidgr.arch import ModelArch
+from sidgr.errors import input_error
+from sidgr.layout import IGNORE
+from sidgr.sid.mapping import SIDMapping, first_duplicate_items
+from sidgr.sid.prefix_index import PrefixIndex
+from sidgr.training.model import layer_spec, padded_size, transformer_config
+
+ITEM_INPUTS = ("id", "rqsum", "prefixn", "rqsum+id", "prefixn+id")
+
+
+# ---- the catalog as the model sees it --------------------------------------------------------------------------
+def prefix_node_ids(index: PrefixIndex, codes: torch.Tensor) -> torch.Tensor:
+    """codes [H, N] -> [H, N]: row h is the dense id (at depth h+1 of the trie) of each item's prefix of
+    length h+1. One vectorized trie step per level."""
+    node = torch.zeros(codes.shape[1], dtype=torch.int64)
+    out = []
+    for depth in range(codes.shape[0]):
+        node = index.child(depth, node, codes[depth])
+        out.append(node)
+    nodes = torch.stack(out)
+    if bool((nodes < 0).any()):
+        raise ValueError("an item's prefix is missing from the trie: index and codes disagree")
+    return nodes
+
+
+@dataclass
+class ItemCatalog:
+    """What the item model needs from the SID mapping: codes, prefix node ids and the SID -> item lookup."""
+
+    codes: torch.Tensor  # [H, N]
+    codebook_sizes: tuple[int, ...]
+    prefix_nodes: torch.Tensor  # [H, N]
+    prefix_counts: tuple[int, ...]  # distinct prefixes of length 1..H
+    index: PrefixIndex
+
+    @classmethod
+    def from_mapping(cls, mapping: SIDMapping) -> "ItemCatalog":
+        dup = first_duplicate_items(mapping.codes)
+        if dup is not None:
+            raise input_error(mapping.source, f"items {dup[0]} and {dup[1]}", mapping.codes[:, dup[0]].tolist(),
+                              "share a SID: item-level models need unique SIDs (add a de-duplication level)")
+        index = PrefixIndex.build(mapping)
+        counts = tuple(index.num_nodes(d) for d in range(1, mapping.num_levels + 1))
+        return cls(mapping.codes, tuple(int(c) for c in mapping.codebook_sizes),
+                   prefix_node_ids(index, mapping.codes), counts, index)
+
+    @property
+    def num_items(self) -> int:
+        return int(self.codes.shape[1])
+
+    def sids_to_pids(self, sids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """sids [B, L, H] right-padded, lengths [B] -> pids [B, L] (-1 on padding)."""
+        B, L, H = sids.shape
+        valid = torch.arange(L).unsqueeze(0) < lengths.cpu().unsqueeze(1)
+        pids = torch.full((B, L), -1, dtype=torch.int64)
+        flat = sids.cpu().reshape(B * L, H)[valid.reshape(-1)]
+        leaves = self.index.lookup(flat)
+        if bool((leaves < 0).any()):
+            raise ValueError("a batch SID is not in the catalog")
+        pids[valid] = self.index.leaf_first_item(leaves)
+        return pids
+
+
+def item_arch(arch: ModelArch, catalog: ItemCatalog, item_input: str) -> ModelArch:
+    """The SID-GR arch record plus what identifies the item model (stored in arch.json's `extra`)."""
+    from dataclasses import replace
+
+    if item_input not in ITEM_INPUTS:
+        raise ValueError(f"item_input={item_input!r}: expected one of {ITEM_INPUTS}")
+    return replace(arch, extra={"kind": "item", "item_input": item_input, "num_items": catalog.num_items,
+                                "prefix_counts": list(catalog.prefix_counts)})
+
+
+# ---- layouts -------------------------------------------------------------------------------------------------
+@dataclass
+class ItemBatch:
+    pids: torch.Tensor  # [B, S] input items (0 on padding)
+    valid: torch.Tensor  # [B, S]
+    positions: torch.Tensor  # [B, S]
+    labels: torch.Tensor  # [B, S] next item, or IGNORE
+    attention_mask: torch.Tensor  # [B, 1, S, S] bool, True = masked (Megatron convention)
+    query: torch.Tensor  # [B] position of each row's last valid input token (-1 for empty rows)
+
+    @property
+    def loss_mask(self) -> torch.Tensor:
+        return self.labels != IGNORE
+
+    def to(self, device) -> "ItemBatch":
+        return ItemBatch(*(getattr(self, f).to(device) for f in ItemBatch.__dataclass_fields__))
+
+
+def causal_mask(valid: torch.Tensor) -> torch.Tensor:
+    """valid [B, S] -> [B, 1, S, S] True where masked: future tokens and padding; the diagonal always visible."""
+    S = valid.shape[1]
+    future = torch.ones(S, S, dtype=torch.bool).triu(1)
+    masked = future.unsqueeze(0) | ~valid.unsqueeze(1)
+    masked &= ~torch.eye(S, dtype=torch.bool).unsqueeze(0)
+    return masked.unsqueeze(1)
+
+
+def _layout(pids: torch.Tensor, n_in: torch.Tensor, labels_from: torch.Tensor | None, loss_mode: str) -> ItemBatch:
+    B = pids.shape[0]
+    S = max(int(n_in.max()) if B else 0, 1)
+    pos = torch.arange(S).unsqueeze(0).expand(B, S)
+    valid = pos < n_in.unsqueeze(1)
+    inputs = torch.where(valid, pids[:, :S].clamp(min=0), torch.zeros((), dtype=torch.int64))
+    labels = torch.full((B, S), IGNORE, dtype=torch.int64)
+    if labels_from is not None:
+        nxt = labels_from[:, 1:S + 1]
+        if nxt.shape[1] < S:
+            nxt = torch.cat([nxt, torch.full((B, S - nxt.shape[1]), IGNORE, dtype=torch.int64)], 1)
+        keep = valid if loss_mode == "all" else pos == (n_in - 1).unsqueeze(1)
+        labels = torch.where(keep, nxt, labels)
+    return ItemBatch(inputs, valid, pos.contiguous(), labels, causal_mask(valid), n_in - 1)
+
+
+def next_item_layout(pids: torch.Tensor, lengths: torch.Tensor, loss_mode: str = "all") -> ItemBatch:
+    """Training / validation: inputs are items 0..len-2, the label at t is item t+1 ('all': every t; 'last':
+    only the last, i.e. the final item — the validation target when the loader appended it)."""
+    if loss_mode not in ("all", "last"):
+        raise ValueError(f"loss_mode={loss_mode!r}: expected 'all' or 'last'")
+    n_in = (lengths.cpu() - 1).clamp(min=0)
+    return _layout(pids, n_in, pids, loss_mode)
+
+
+def history_layout(pids: torch.Tensor, lengths: torch.Tensor) -> ItemBatch:
+    """Scoring: all `lengths` items are inputs; the last one's hidden state scores the next item."""
+    return _layout(pids, lengths.cpu().clamp(min=0), None, "all")
+
+
+# ---- the model -----------------------------------------------------------------------------------------------
+class PrefixTables(MegatronModule):
+    """One vocab-parallel table per prefix length; children named '0', '1', … (keys `prefixes.{h}.weight`)."""
+
+    def __init__(self, config: TransformerConfig, sizes_padded: list[int], hidden: int):
+        super().__init__(config)
+        for h, size in enumerate(sizes_padded):
+            self.add_module(str(h), tensor_parallel.VocabParallelEmbedding(
+                num_embeddings=size, embedding_dim=hidden, init_method=config.init_method, config=config))
+
+    def forward(self, nodes: torch.Tensor) -> torch.Tensor:
+        """nodes [..., H] -> sum over h of table h's rows [..., hidden]."""
+        return sum(getattr(self, str(h))(nodes[..., h]) for h in range(nodes.shape[-1]))
+
+
+class ItemEmbedding(MegatronModule):
+    def __init__(self, config: TransformerConfig, arch: ModelArch, catalog: ItemCatalog, item_input: str,
+                 pad_multiple: int):
+        super().__init__(config)
+        tp, hidden = config.tensor_model_parallel_size, arch.hidden_size
+        parts = item_input.split("+")
+        self.parts = parts
+
+        def table(n):
+            return tensor_parallel.VocabParallelEmbedding(
+                num_embeddings=padded_size(n, pad_multiple, tp), embedding_dim=hidden,
+                init_method=config.init_method, config=config)
+
+        if "id" in parts:
+            self.items = table(catalog.num_items)
+        if "rqsum" in parts:
+            self.codes = table(arch.vocab_size)
+            offsets = torch.tensor(arch.level_offsets, dtype=torch.int64).unsqueeze(1)
+            self.register_buffer("item_codes", (catalog.codes + offsets).t().contiguous(), persistent=False)
+        if "prefixn" in parts:
+            self.prefixes = PrefixTables(
+                config, [padded_size(n, pad_multiple, tp) for n in catalog.prefix_counts], hidden)
+            self.register_buffer("item_prefixes", catalog.prefix_nodes.t().contiguous(), persistent=False)
+        self.positions = torch.nn.Embedding(arch.max_items, hidden, dtype=config.params_dtype)
+        with torch.no_grad():
+            config.init_method(self.positions.weight)
+        self.dropout = torch.nn.Dropout(config.hidden_dropout)
+
+    def item_vectors(self, pids: torch.Tensor) -> torch.Tensor:
+        """pids [...] -> the fused item input [..., hidden] (before positions)."""
+        x = 0
+        if "id" in self.parts:
+            x = x + self.items(pids)
+        if "rqsum" in self.parts:
+            x = x + self.codes(self.item_codes[pids]).sum(-2)
+        if "prefixn" in self.parts:
+            x = x + self.prefixes(self.item_prefixes[pids])
+        return x
+
+    def forward(self, pids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """[B, S] -> [S, B, hidden] (Megatron's sequence-first layout)."""
+        x = self.item_vectors(pids) + self.positions(positions)
+        return self.dropout(x.transpose(0, 1).contiguous())
+
+
+class ItemSeqModel(MegatronModule):
+    """`embedding`, `decoder` (Megatron TransformerBlock, final LayerNorm) and `head` (vocab-parallel, N items)."""
+
+    def __init__(self, config: TransformerConfig, arch: ModelArch, catalog: ItemCatalog, item_input: str,
+                 vocab_pad_multiple: int = 8):
+        super().__init__(config)
+        if item_input not in ITEM_INPUTS:
+            raise ValueError(f"item_input={item_input!r}: expected one of {ITEM_INPUTS}")
+        self.arch, self.item_input, self.num_items = arch, item_input, catalog.num_items
+        tp = config.tensor_model_parallel_size
+        self.embedding = ItemEmbedding(config, arch, catalog, item_input, vocab_pad_multiple)
+        self.decoder = TransformerBlock(config, layer_spec(), post_layer_norm=True)
+        self.head = tensor_parallel.ColumnParallelLinear(
+            arch.hidden_size, padded_size(catalog.num_items, vocab_pad_multiple, tp), config=config,
+            init_method=config.init_method, bias=False, gather_output=False, skip_bias_add=True)
+
+    def set_input_tensor(self, input_tensor):
+        self.decoder.set_input_tensor(input_tensor)
+
+    def forward(self, pids, positions, attention_mask) -> torch.Tensor:
+        """Final hidden states [S, B, hidden]."""
+        return self.decoder(hidden_states=self.embedding(pids, positions), attention_mask=attention_mask)
+
+    def item_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [n, hidden] -> this rank's slice of the item logits [n, N_padded / TP] in fp32, padding masked."""
+        logits, _ = self.head(hidden.unsqueeze(1))
+        logits = logits.squeeze(1).float()
+        per_rank = logits.shape[-1]
+        start = ps.get_tensor_model_parallel_rank() * per_rank
+        if start + per_rank > self.num_items:
+            col = torch.arange(start, start + per_rank, device=logits.device)
+            logits = logits.masked_fill(col >= self.num_items, torch.finfo(torch.float32).min)
+        return logits
+
+    def full_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[n, hidden] -> [n, N] logits over the whole catalog (gathered over TP; for scoring, no gradient)."""
+        local = self.item_logits(hidden)
+        if ps.get_tensor_model_parallel_world_size() > 1:
+            local = tensor_parallel.gather_from_tensor_model_parallel_region(local.contiguous())
+        return local[:, :self.num_items]
+
+
+def build_item_model(model_cfg, arch: ModelArch, catalog: ItemCatalog, item_input: str, tp: int,
+                     device: torch.device) -> ItemSeqModel:
+    config = transformer_config(model_cfg, arch, tp)
+    return ItemSeqModel(config, arch, catalog, item_input, model_cfg.vocab_pad_multiple).to(device)
+
+
+# ---- loss and validation -------------------------------------------------------------------------------------
+def item_token_losses(model: ItemSeqModel, hidden: torch.Tensor, ib: ItemBatch):
+    """hidden [S, B, hidden] -> the trainer's TokenLosses (per-label fp32 vocab-parallel CE, row-major order)."""
+    from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+    from sidgr.training.loss import TokenLosses
+
+    rows, cols = ib.loss_mask.nonzero(as_tuple=True)
+    losses = vocab_parallel_cross_entropy(model.item_logits(hidden[cols, rows]), ib.labels[rows, cols])
+    return TokenLosses(losses, torch.zeros_like(rows), rows, cols)
+
+
+def item_forward_loss(ddp, model: ItemSeqModel, ib: ItemBatch):
+    """Token-mean CE over the global batch (the trainer's `global_mean_loss`); returns (loss, global count)."""
+    from sidgr.training.dist import all_reduce_dp
+    from sidgr.training.loss import global_mean_loss
+
+    count = all_reduce_dp(ib.loss_mask.sum().to(device=ib.pids.device, dtype=torch.float32).reshape(1))
+    hidden = ddp(ib.pids, ib.positions, ib.attention_mask)
+    tl = item_token_losses(model, hidden, ib)
+    loss = global_mean_loss(tl, count)
+    if tl.losses.numel() == 0:
+        loss = loss + 0.0 * hidden.sum()  # keep the graph (and DDP's hooks) connected
+    return loss, count
+
+
+def exclude_items(scores: torch.Tensor, pids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Set scores [n, N] of each row's valid input items pids [n, S] to -inf."""
+    rows = torch.arange(scores.shape[0], device=scores.device).unsqueeze(1).expand_as(pids)
+    return scores.index_put((rows[valid], pids[valid]), torch.tensor(float("-inf"), device=scores.device))
+
+
+def top_k_items(model: ItemSeqModel, hidden: torch.Tensor, ib: ItemBatch, k: int,
+                exclude_history: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """hidden [S, B, hidden] -> (items [B, k], scores [B, k]) best first, from each row's query position.
+    Ties break toward the smaller item id (a stable sort)."""
+    rows = torch.arange(ib.pids.shape[0], device=hidden.device)
+    logits = model.full_logits(hidden[ib.query.clamp(min=0), rows])
+    if exclude_history:
+        logits = exclude_items(logits, ib.pids, ib.valid)
+    k = min(k, logits.shape[1])
+    scores, items = torch.sort(logits, dim=1, descending=True, stable=True)
+    return items[:, :k], scores[:, :k]
+
+
+@torch.no_grad()
+def evaluate_items(ddp, model: ItemSeqModel, loader, catalog: ItemCatalog, device, max_batches: int = 0,
+                   k: int = 10, exclude_history: bool = True) -> dict:
+    """Validation on the loader's appended target: CE of the target, and full-catalog Recall@k / NDCG@k
+    (sidgr.metrics, item ids) with the history excluded when asked. Summed over DP ranks."""
+    import numpy as np
+
+    from sidgr.metrics import Ragged, mark_candidates, per_user_metrics
+    from sidgr.training.dist import all_reduce_dp
+
+    ddp.eval()
+    total = torch.zeros(4, dtype=torch.float64)
+    for i, batch in enumerate(loader):
+        if max_batches and i >= max_batches:
+            break
+        pids = catalog.sids_to_pids(batch.sids, batch.lengths)
+        ib = next_item_layout(pids, batch.lengths, "last").to(device)
+        hidden = ddp(ib.pids, ib.positions, ib.attention_mask)
+        losses = item_token_losses(model, hidden, ib).losses
+        top, _ = top_k_items(model, hidden, ib, k, exclude_history)
+        real = (ib.query >= 0).nonzero(as_tuple=True)[0]
+        target = pids[real.cpu(), batch.lengths[real.cpu()] - 1].numpy()
+        n = len(real)
+        if n:
+            cands = Ragged(top[real].cpu().numpy().reshape(-1), np.arange(n + 1, dtype=np.int64) * top.shape[1])
+            m = per_user_metrics(mark_candidates(cands, Ragged(target, np.arange(n + 1, dtype=np.int64)),
+                                                 model.num_items), (k,))
+            total += torch.tensor([float(losses.double().sum()), float(n), m[f"recall@{k}"].sum(),
+                                   m[f"ndcg@{k}"].sum()], dtype=torch.float64)
+    ddp.train()
+    total = all_reduce_dp(total.to(device)).cpu()
+    n = float(total[1].clamp_min(1))
+    return {"valid_loss": float(total[0]) / n, f"valid_recall@{k}": float(total[2]) / n,
+            f"valid_ndcg@{k}": float(total[3]) / n}
+
+
+# ---- the trainer's hooks (ModelConfig.kind = 'item') ---------------------------------------------------------
+class ItemTask:
+    """What `training/train.py` calls instead of the SID-GR pieces when ModelConfig.kind == 'item'."""
+
+    def __init__(self, mapping: SIDMapping, item_input: str):
+        self.catalog = ItemCatalog.from_mapping(mapping)
+        self.item_input = item_input
+
+    def arch(self, arch: ModelArch) -> ModelArch:
+        return item_arch(arch, self.catalog, self.item_input)
+
+    def build(self, model_cfg, arch: ModelArch, tp: int, device) -> ItemSeqModel:
+        return build_item_model(model_cfg, arch, self.catalog, self.item_input, tp, device)
+
+    def batch(self, batch, loss_mode: str, device) -> ItemBatch:
+        pids = self.catalog.sids_to_pids(batch.sids, batch.lengths)
+        return next_item_layout(pids, batch.lengths, loss_mode).to(device)
+
+    @staticmethod
+    def forward_loss(ddp, model, ib: ItemBatch):
+        return item_forward_loss(ddp, model, ib)
+
+    def validate(self, ddp, model, loader, device, max_batches: int) -> dict:
+        return evaluate_items(ddp, model, loader, self.catalog, device, max_batches, k=10, exclude_history=True)
