@@ -1,0 +1,136 @@
+"""Training checkpoint (Megatron dist_checkpointing, torch_dist = PyTorch DCP) -> engine directory, without Megatron.
+
+The checkpoint's tensors are read with `torch.distributed.checkpoint` into full (global-shape) tensors, so any
+TP/DP layout reads the same. Only model tensors are kept (optimizer state and `_extra_state` are dropped).
+Megatron saves a TransformerBlock's layers stacked (`decoder.layers.<name>` with a leading layer dimension);
+they are split into `decoder.layers.<i>.<name>`. Transformer Engine's fused LayerNorm names are mapped to the
+local spec's. Vocab padding rows of the code table and heads are stripped.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from sidgr.arch import ModelArch
+from sidgr.errors import input_error
+from sidgr.sid.mapping import SIDMapping
+
+from .weights import expected_shapes, save_engine
+
+# Transformer Engine spec fuses the pre-attention / pre-MLP LayerNorm into the following linear.
+TE_RENAMES = {
+    "self_attention.linear_qkv.layer_norm_weight": "input_layernorm.weight",
+    "self_attention.linear_qkv.layer_norm_bias": "input_layernorm.bias",
+    "mlp.linear_fc1.layer_norm_weight": "pre_mlp_layernorm.weight",
+    "mlp.linear_fc1.layer_norm_bias": "pre_mlp_layernorm.bias",
+}
+_PREFIXES = ("model.", "module.")
+_STACKED = re.compile(r"^decoder\.layers\.(?!\d+\.)(.+)$")
+
+
+def read_arch(ckpt: Path) -> ModelArch:
+    path = ckpt / "arch.json"
+    if not path.exists():
+        raise input_error(ckpt, "arch.json", str(path), "missing: not a sidgr training checkpoint")
+    d = json.loads(path.read_text())
+    d["codebook_sizes"] = tuple(d["codebook_sizes"])
+    return ModelArch.from_dict(d)
+
+
+def read_mapping(ckpt: Path) -> SIDMapping:
+    path = ckpt / "mapping.json"
+    if not path.exists():
+        raise input_error(ckpt, "mapping.json", str(path), "missing: not a sidgr training checkpoint")
+    where = Path(json.loads(path.read_text())["path"])
+    candidates = [where] if where.is_absolute() else [Path.cwd() / where, ckpt / where]
+    for c in candidates:
+        if c.exists():
+            return SIDMapping.load(c)
+    raise input_error(path, "path", str(where), "the SID mapping the model was trained with does not exist")
+
+
+def normalize_key(key: str) -> str:
+    """Checkpoint key -> engine naming (prefix-free, TE LayerNorm names mapped), stacked layers untouched."""
+    changed = True
+    while changed:
+        changed = False
+        for p in _PREFIXES:
+            if key.startswith(p):
+                key, changed = key[len(p):], True
+    for te, local in TE_RENAMES.items():
+        if key.endswith(te):
+            key = key[: -len(te)] + local
+    return key
+
+
+def model_tensor_sizes(ckpt: Path) -> dict[str, tuple[str, torch.Size]]:
+    """Engine-relevant tensors of the DCP metadata: normalized name -> (checkpoint key, global shape)."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    meta = FileSystemReader(str(ckpt)).read_metadata()
+    out = {}
+    for key, md in meta.state_dict_metadata.items():
+        if not isinstance(md, TensorStorageMetadata) or "_extra_state" in key:
+            continue
+        name = normalize_key(key)
+        if name.startswith(("embedding.", "decoder.", "heads.")) and "optimizer" not in key:
+            out[name] = (key, md.size)
+    return out
+
+
+def read_model_tensors(ckpt: Path) -> dict[str, torch.Tensor]:
+    """Full fp32 tensors of the model, read without a process group."""
+    import torch.distributed.checkpoint as dcp
+
+    sizes = model_tensor_sizes(ckpt)
+    if not sizes:
+        raise input_error(ckpt, "checkpoint", str(ckpt), "no model tensors found in the DCP metadata")
+    buffers = {key: torch.empty(size, dtype=torch.float32) for key, size in sizes.values()}
+    dcp.load(buffers, storage_reader=dcp.FileSystemReader(str(ckpt)), no_dist=True)
+    return {name: buffers[key] for name, (key, _) in sizes.items()}
+
+
+def unstack_layers(tensors: dict[str, torch.Tensor], num_layers: int, source) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, t in tensors.items():
+        m = _STACKED.match(name)
+        if m is None:
+            out[name] = t
+            continue
+        if t.shape[0] != num_layers:
+            raise input_error(source, f"stacked tensor {name} layers", int(t.shape[0]),
+                              f"arch.json says num_layers={num_layers}")
+        for i in range(num_layers):
+            out[f"decoder.layers.{i}.{m.group(1)}"] = t[i]
+    return out
+
+
+def strip_vocab_padding(tensors: dict[str, torch.Tensor], arch: ModelArch, source) -> dict[str, torch.Tensor]:
+    want = expected_shapes(arch)
+    out = dict(tensors)
+    for name in [n for n in out if n == "embedding.codes.weight" or n.startswith("heads.")]:
+        if name not in want:
+            continue
+        rows = want[name][0]
+        if out[name].shape[0] < rows:
+            raise input_error(source, f"rows of {name}", int(out[name].shape[0]),
+                              f"fewer than the arch's {rows} codes")
+        out[name] = out[name][:rows]
+    return out
+
+
+def export_checkpoint(ckpt: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    ckpt = Path(ckpt)
+    if not ckpt.is_dir():
+        raise input_error(ckpt, "checkpoint", str(ckpt), "not a directory")
+    arch = read_arch(ckpt)
+    mapping = read_mapping(ckpt)
+    tensors = read_model_tensors(ckpt)
+    tensors = unstack_layers(tensors, arch.num_layers, ckpt)
+    tensors = strip_vocab_padding(tensors, arch, ckpt)
+    return save_engine(out_dir, arch, tensors, mapping, source=str(ckpt.resolve()))

@@ -1,0 +1,348 @@
+"""Retrieval benchmark: the engine's KV-cache constrained beam vs (a) a no-cache decoder that packs all beams of a
+user into one sequence and recomputes it every step (seed 001's generate()) and (b) a brute-force prefix check
+against the whole catalog every step (GRID's), all in one run, on a random-weight engine.
+
+Reports candidates/s and ms per batch (wall-clock median), the dense-FLOP ratio of (a) to ours ("flop x": the
+speedup over (a) that pure arithmetic allows) for each (B, W, history length); the machine's fp32 matmul FLOP/s measured
+in the same run and the share of it the decode's dense work reaches; the constraint's share of decode time; and
+the per-step working memory of the decode for synthetic catalogs of several sizes.
+
+  python scripts/bench_retrieval.py                      # the full grid (slow on a loaded 2-core machine)
+  python scripts/bench_retrieval.py --quick              # small sizes, to validate
+  python scripts/bench_retrieval.py --out bench.json     # also write the numbers as JSON
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+import weakref
+from contextlib import contextmanager
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from sidgr.arch import ModelArch
+from sidgr.inference import beam as beam_mod
+from sidgr.inference.beam import _expand_step, beam_widths
+from sidgr.inference.random_engine import random_mapping, random_state_dict
+from sidgr.inference.retrieve import Engine
+from sidgr.inference.weights import EngineFiles
+from sidgr.layout import decode_position, history_keys
+from sidgr.sid.prefix_index import PrefixIndex
+
+
+# ---- setup ---------------------------------------------------------------------------------------------------
+def make_engine(num_items: int, sizes, hidden: int, layers: int, max_items: int, seed: int = 0) -> Engine:
+    arch = ModelArch(codebook_sizes=tuple(sizes), hidden_size=hidden, num_layers=layers, num_attention_heads=4,
+                     ffn_hidden_size=4 * hidden, max_items=max_items, head_mode="shared")
+    mapping = random_mapping(num_items, list(sizes), seed=seed)
+    return Engine(EngineFiles(arch, random_state_dict(arch, seed, scale=0.1), mapping, "bench"))
+
+
+def make_histories(B: int, L: int, num_items: int, seed: int = 1) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(num_items, (L,), generator=g) for _ in range(B)]
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def matmul_flops(n: int = 1024, repeats: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    sec = timed(lambda: torch.mm(a, b), repeats)
+    return 2 * n ** 3 / sec
+
+
+# ---- ours ----------------------------------------------------------------------------------------------------
+def ours(engine: Engine, hist, widths):
+    return engine.retrieve(hist, k=1, widths=widths)
+
+
+def dense_flops(engine: Engine, hist, widths) -> float:
+    """Matmul FLOPs of one retrieval (prefill + decode steps + heads), counting beams actually alive."""
+    arch = engine.arch
+    h, f, nl, H = arch.hidden_size, arch.ffn_hidden_size, arch.num_layers, arch.num_levels
+    per_token = nl * (2 * h * 3 * h + 2 * h * h + 4 * h * f)
+    S = sum(min(len(x), engine.max_history) * H + 1 for x in hist)
+    flops = S * per_token + sum((min(len(x), engine.max_history) * H + 1) ** 2 * 4 * h * nl for x in hist)
+    beams = [1] + [min(w, engine.index.num_nodes(d + 1)) for d, w in enumerate(widths)]
+    for depth in range(H):
+        n = len(hist) * beams[depth]
+        if depth > 0:
+            ctx = S / len(hist) + depth
+            flops += n * (per_token + 4 * h * ctx * nl)
+        flops += n * 2 * h * arch.codebook_sizes[depth]
+    return flops
+
+
+def packed_flops(engine: Engine, hist, widths) -> float:
+    """Matmul FLOPs of baseline (a): every step re-runs history + all generated beam tokens, T^2 attention."""
+    arch = engine.arch
+    h, f, nl, H = arch.hidden_size, arch.ffn_hidden_size, arch.num_layers, arch.num_levels
+    per_token = nl * (2 * h * 3 * h + 2 * h * h + 4 * h * f)
+    beams = [1] + [min(w, engine.index.num_nodes(d + 1)) for d, w in enumerate(widths)]
+    flops = 0.0
+    for x in hist:
+        S = min(len(x), engine.max_history) * H + 1
+        for depth in range(H):
+            T = S + beams[depth] * depth
+            flops += T * per_token + T * T * 4 * h * nl + beams[depth] * 2 * h * arch.codebook_sizes[depth]
+    return flops
+
+
+# ---- (a) no-cache decoder, all beams packed in one sequence --------------------------------------------------
+@torch.no_grad()
+def packed_nocache(engine: Engine, hist, widths, user_chunk: int = 4):
+    """Every step re-runs [history, BOS, all beams' generated tokens] with a mask that lets each beam token see
+    the history and its own ancestors; scores the last token of each beam. Same constraint as ours."""
+    for start in range(0, len(hist), user_chunk):
+        _packed_chunk(engine, hist[start:start + user_chunk], widths)
+
+
+def _packed_chunk(engine: Engine, hist, widths):
+    from sidgr.layout import TokenBatch, prefill_layout
+
+    arch, model, index = engine.arch, engine.model, engine.index
+    H, B = arch.num_levels, len(hist)
+    kept = [x[-engine.max_history:] for x in hist]
+    lengths = torch.tensor([len(x) for x in kept])
+    sids = torch.zeros(B, int(lengths.max()), H, dtype=torch.int64)
+    for b, x in enumerate(kept):
+        sids[b, :len(x)] = engine.mapping.pid_to_sid(x)
+    pre = prefill_layout(sids, lengths, arch.level_offsets)
+    S = pre.tokens.shape[1]
+    cum, nodes = torch.zeros(B, 1), torch.zeros(B, 1, dtype=torch.int64)
+    gen = torch.zeros(B, 1, 0, dtype=torch.int64)  # [B, W, depth] generated global tokens per beam
+    for depth in range(H):
+        W, d = gen.shape[1], gen.shape[2]
+        T = S + W * d
+        tokens = torch.cat([pre.tokens, gen.reshape(B, W * d)], 1)
+        is_bos = torch.cat([pre.is_bos, torch.zeros(B, W * d, dtype=torch.bool)], 1)
+        beam_pos = torch.stack([decode_position(lengths, l, H) for l in range(d)], 1) if d else \
+            torch.zeros(B, 0, dtype=torch.int64)
+        positions = torch.cat([pre.positions, beam_pos.unsqueeze(1).expand(B, W, d).reshape(B, W * d)], 1)
+        masked = torch.ones(B, T, T, dtype=torch.bool)
+        masked[:, :S, :S] = pre.attention_mask[:, 0]
+        hist_vis = history_keys(pre.is_bos, pre.valid)
+        masked[:, S:, :S] = ~hist_vis.unsqueeze(1)
+        beam_of = torch.arange(W * d) // max(d, 1)
+        step_of = torch.arange(W * d) % max(d, 1)
+        own = (beam_of.unsqueeze(1) == beam_of.unsqueeze(0)) & (step_of.unsqueeze(0) <= step_of.unsqueeze(1))
+        masked[:, S:, S:] = ~own
+        batch = TokenBatch(tokens, is_bos, torch.ones(B, T, dtype=torch.bool), positions, None, None, None,
+                           masked.unsqueeze(1))
+        hidden = model(batch)
+        if d == 0:
+            last = hidden[torch.arange(B), pre.valid.sum(1) - 1].unsqueeze(1)
+        else:
+            last = hidden[:, S:].reshape(B, W, d, -1)[:, :, -1]
+        logits = model.level_logits(last, depth)
+        cum, parent, codes, nodes = _expand_step(index, logits, cum, nodes, depth, widths[depth])
+        gen = torch.cat([gen.gather(1, parent.unsqueeze(-1).expand(-1, -1, d)),
+                         (codes + arch.level_offsets[depth]).unsqueeze(-1)], 2)
+    return nodes, cum
+
+
+# ---- (b) brute-force prefix check ----------------------------------------------------------------------------
+class BruteForceIndex(PrefixIndex):
+    """allowed_mask by comparing every beam's prefix with every catalog SID (chunked over beams)."""
+
+    @classmethod
+    def wrap(cls, index: PrefixIndex, codes: torch.Tensor, chunk_elems: int = 1 << 26) -> "BruteForceIndex":
+        obj = cls(index.codebook_sizes, index.child_parent, index.child_code, index.child_offsets,
+                  index.leaf_offsets, index.leaf_items)
+        obj.catalog = codes.t().contiguous()  # [N, H]
+        obj.chunk_elems = chunk_elems
+        obj.node_prefix = [torch.zeros(1, 0, dtype=torch.int64)]
+        for depth in range(index.num_levels):
+            parent = obj.node_prefix[depth][index.child_parent[depth]]
+            obj.node_prefix.append(torch.cat([parent, index.child_code[depth].unsqueeze(1)], 1))
+        return obj
+
+    def allowed_mask(self, depth, nodes):
+        prefixes = self.node_prefix[depth][nodes.reshape(-1)]  # [n, depth]
+        N, n = self.catalog.shape[0], prefixes.shape[0]
+        mask = torch.zeros(n, self.codebook_sizes[depth], dtype=torch.bool)
+        step = max(1, self.chunk_elems // max(N * max(depth, 1), 1))
+        for s in range(0, n, step):
+            p = prefixes[s:s + step]
+            match = (self.catalog[:, :depth].unsqueeze(0) == p.unsqueeze(1)).all(-1)  # [chunk, N]
+            rows, items = match.nonzero(as_tuple=True)
+            mask[rows + s, self.catalog[items, depth]] = True
+        return mask
+
+
+def brute_force(engine: Engine, bf_index: BruteForceIndex, hist, widths):
+    bos_hidden, cache = engine.prefill(hist)
+    return beam_mod.beam_search(engine.model, bf_index, bos_hidden, cache, widths)
+
+
+# ---- constraint share ----------------------------------------------------------------------------------------
+@contextmanager
+def constraint_timer(index: PrefixIndex, acc: list):
+    orig_mask, orig_child = index.allowed_mask, beam_mod.child_nodes
+
+    def timed_mask(*a, **k):
+        t0 = time.perf_counter()
+        out = orig_mask(*a, **k)
+        acc[0] += time.perf_counter() - t0
+        return out
+
+    def timed_child(*a, **k):
+        t0 = time.perf_counter()
+        out = orig_child(*a, **k)
+        acc[0] += time.perf_counter() - t0
+        return out
+
+    index.allowed_mask, beam_mod.child_nodes = timed_mask, timed_child
+    try:
+        yield
+    finally:
+        del index.allowed_mask
+        beam_mod.child_nodes = orig_child
+
+
+# ---- memory --------------------------------------------------------------------------------------------------
+class LiveBytes(TorchDispatchMode):
+    """Peak bytes of tensors created inside the mode and still alive (storages counted once)."""
+
+    def __init__(self):
+        super().__init__()
+        self.live, self.peak, self.refs = 0, 0, {}
+
+    def _track(self, t):
+        if not isinstance(t, torch.Tensor) or t.device.type != "cpu":
+            return
+        st = t.untyped_storage()
+        ptr, nbytes = st.data_ptr(), st.nbytes()
+        if ptr == 0:
+            return
+        if ptr not in self.refs:
+            self.refs[ptr] = [0, nbytes]
+            self.live += nbytes
+            self.peak = max(self.peak, self.live)
+        self.refs[ptr][0] += 1
+        weakref.finalize(t, self._release, ptr)
+
+    def _release(self, ptr):
+        entry = self.refs.get(ptr)
+        if entry is None:
+            return
+        entry[0] -= 1
+        if entry[0] == 0:
+            self.live -= entry[1]
+            del self.refs[ptr]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in (out if isinstance(out, (tuple, list)) else (out,)):
+            self._track(t)
+        return out
+
+
+def decode_memory(engine: Engine, hist, widths) -> int:
+    """Peak live bytes of the decode steps (after prefill): the per-step working set."""
+    bos_hidden, cache = engine.prefill(hist)
+    with LiveBytes() as mode:
+        beam_mod.beam_search(engine.model, engine.index, bos_hidden, cache, widths)
+    return mode.peak
+
+
+# ---- driver --------------------------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="small sizes to validate the script")
+    p.add_argument("--batch-sizes", default="1,16,64")
+    p.add_argument("--widths", default="256,1024,4096")
+    p.add_argument("--history", default="50,200")
+    p.add_argument("--catalog", type=int, default=100_000, help="items of the catalog used for timing")
+    p.add_argument("--memory-catalogs", default="10000,100000,1000000")
+    p.add_argument("--codebook-sizes", default="256,256,256,64", help="H=4 levels, the last a dedup level")
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--layers", type=int, default=2, help="configs/ml100k.gin: hidden 128, 2 layers")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--baseline-max-tokens", type=float, default=6e7,
+                   help="skip baseline (a) when B*T^2 (packed attention size) exceeds this")
+    p.add_argument("--brute-max-compares", type=float, default=3e10,
+                   help="skip baseline (b) when B*W*N*H compares exceed this")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.batch_sizes, args.widths, args.history = "1,4", "16,64", "10,20"
+        args.catalog, args.memory_catalogs, args.codebook_sizes = 2000, "1000,5000", "32,32,32,64"
+        args.repeats = 1
+    ints = lambda s: [int(v) for v in s.split(",")]  # noqa: E731
+    sizes = ints(args.codebook_sizes)
+    H = len(sizes)
+    max_hist = max(ints(args.history))
+    threads = torch.get_num_threads()
+    peak = matmul_flops()
+    print(f"torch threads={threads}  fp32 matmul peak (1024^3 mm) = {peak / 1e9:.1f} GFLOP/s")
+    engine = make_engine(args.catalog, sizes, args.hidden, args.layers, max_hist + 1)
+    bf_index = BruteForceIndex.wrap(engine.index, engine.mapping.codes)
+    print(f"catalog {args.catalog} items, codebooks {sizes}, prefixes per depth "
+          f"{[engine.index.num_nodes(d) for d in range(1, H + 1)]}; model hidden {args.hidden}, "
+          f"{args.layers} layers")
+    rows = []
+    header = (f"{'B':>3} {'W':>5} {'hist':>4} | {'ours ms':>9} {'cand/s':>10} {'GFLOP/s':>8} {'%peak':>6} "
+              f"{'constr%':>7} | {'(a) ms':>9} {'x(a)':>6} {'flop x':>6} | {'(b) ms':>9} {'x(b)':>6}")
+    print(header)
+    for L in ints(args.history):
+        for B in ints(args.batch_sizes):
+            hist = make_histories(B, L, args.catalog)
+            for W in ints(args.widths):
+                widths = beam_widths(W, H)
+                t_ours = timed(lambda: ours(engine, hist, widths), args.repeats)
+                acc = [0.0]
+                with constraint_timer(engine.index, acc):
+                    t_c = timed(lambda: ours(engine, hist, widths), 1)
+                constraint_share = acc[0] / 2 / t_c  # timed() runs warm-up + 1
+                final = min(W, engine.index.num_nodes(H))
+                flops = dense_flops(engine, hist, widths)
+                T = L * H + 1 + W * (H - 1)
+                t_a = (timed(lambda: packed_nocache(engine, hist, widths), 1)
+                       if min(B, 4) * T * T <= args.baseline_max_tokens else float("nan"))
+                compares = B * W * args.catalog * H
+                t_b = (timed(lambda: brute_force(engine, bf_index, hist, widths), 1)
+                       if compares <= args.brute_max_compares else float("nan"))
+                row = {"B": B, "W": W, "history": L, "ours_ms": t_ours * 1e3, "candidates_per_s": B * final / t_ours,
+                       "dense_gflops": flops / t_ours / 1e9, "share_of_peak": flops / t_ours / peak,
+                       "constraint_share": constraint_share, "nocache_packed_ms": t_a * 1e3,
+                       "speedup_vs_nocache": t_a / t_ours,
+                       "nocache_flop_ratio": packed_flops(engine, hist, widths) / flops, "bruteforce_ms": t_b * 1e3,
+                       "speedup_vs_bruteforce": t_b / t_ours}
+                rows.append(row)
+                print(f"{B:>3} {W:>5} {L:>4} | {row['ours_ms']:>9.1f} {row['candidates_per_s']:>10.0f} "
+                      f"{row['dense_gflops']:>8.2f} {100 * row['share_of_peak']:>5.1f}% "
+                      f"{100 * constraint_share:>6.1f}% | {row['nocache_packed_ms']:>9.1f} "
+                      f"{row['speedup_vs_nocache']:>6.1f} {row['nocache_flop_ratio']:>6.1f} | {row['bruteforce_ms']:>9.1f} "
+                      f"{row['speedup_vs_bruteforce']:>6.1f}", flush=True)
+    mem_rows = []
+    B_mem, W_mem = ints(args.batch_sizes)[-1], ints(args.widths)[1 if len(ints(args.widths)) > 1 else 0]
+    print(f"\nper-step decode memory (B={B_mem}, W={W_mem}, history {ints(args.history)[0]}):")
+    for n in ints(args.memory_catalogs):
+        eng = make_engine(n, sizes, args.hidden, args.layers, max_hist + 1)
+        hist = make_histories(B_mem, ints(args.history)[0], n)
+        mb = decode_memory(eng, hist, beam_widths(W_mem, H)) / 2 ** 20
+        mem_rows.append({"catalog": n, "decode_peak_mib": mb,
+                         "prefixes": [eng.index.num_nodes(d) for d in range(1, H + 1)]})
+        print(f"  catalog {n:>8}: peak live decode tensors {mb:8.1f} MiB  (prefixes per depth "
+              f"{mem_rows[-1]['prefixes']})", flush=True)
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump({"threads": threads, "matmul_peak_flops": peak, "timing": rows, "memory": mem_rows,
+                       "args": vars(args)}, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

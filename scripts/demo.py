@@ -1,0 +1,243 @@
+"""The MovieLens-100K demo, end to end: prepare -> tokenize -> train -> select on valid -> export -> retrieve
+-> evaluate, for SID-GR with three tokenizers and the baselines, ending with the comparison table.
+
+    python scripts/demo.py            # the full run (README's main command, after scripts/install.sh)
+    python scripts/demo.py --quick    # a smoke run of the same pipeline in a few minutes (CI runs it)
+
+Every stage is an ordinary `sidgr` / `python -m` command; the commands and their logs are kept under OUT/logs so
+any number in the table can be reproduced by hand. Model selection uses the validation target only; the test
+target is evaluated once per model, with the selected checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+PY = sys.executable
+DATA = Path("artifacts/ml100k")
+
+
+@dataclass
+class Plan:
+    out: Path
+    quick: bool
+    nproc: int
+    steps: int
+    eval_interval: int
+    beam_width: int
+    k: int = 50
+    bootstrap: int = 1000
+    beam_sweep: tuple = (16, 64, 256, 1024)
+    tokenizers: dict = field(default_factory=lambda: {
+        "rqkmeans": ["--method", "rqkmeans", "--codebook-sizes", "64,64,64"],
+        "balanced": ["--method", "balanced", "--codebook-sizes", "64,64,64"],
+        "rqvae": ["--method", "rqvae", "--codebook-sizes", "64,64,64"],
+    })
+
+
+class Runner:
+    """Runs one command per stage, logs it, and stops the demo with the log's tail when a stage fails."""
+
+    def __init__(self, plan: Plan, total: int):
+        self.logs = plan.out / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.bar = tqdm(total=total, desc="demo", unit="stage", dynamic_ncols=True)
+        self.timings: dict[str, float] = {}
+        self.commands: list[str] = []
+
+    def __call__(self, name: str, cmd: list[str], env: dict | None = None) -> str:
+        self.bar.set_postfix_str(name)
+        log = self.logs / f"{name}.log"
+        line = " ".join(shlex.quote(c) for c in cmd)
+        self.commands.append(line)
+        t0 = time.perf_counter()
+        with open(log, "w") as fh:
+            fh.write(f"$ {line}\n")
+            fh.flush()
+            proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        self.timings[name] = time.perf_counter() - t0
+        if proc.returncode:
+            tail = "\n".join(log.read_text().splitlines()[-25:])
+            self.bar.close()
+            raise SystemExit(f"demo: stage {name!r} failed (exit {proc.returncode}); log {log}:\n{tail}")
+        self.bar.update(1)
+        return log.read_text()
+
+
+def sidgr(*args) -> list[str]:
+    return [PY, "-m", "sidgr.cli", *map(str, args)]
+
+
+# ---- stages --------------------------------------------------------------------------------------------------
+def train_overrides(plan: Plan, run_dir: Path, mapping: Path) -> list[str]:
+    saves = max(plan.steps // plan.eval_interval, 1)
+    return [f"TrainerConfig.run_dir='{run_dir}'", f"TrainerConfig.train_steps={plan.steps}",
+            f"TrainerConfig.eval_interval={plan.eval_interval}", f"TrainerConfig.save_interval={plan.eval_interval}",
+            f"TrainerConfig.keep_last={saves + 1}", "TrainerConfig.progress=False",
+            f"TrainerConfig.log_interval={max(plan.steps // 40, 1)}",
+            f"DataConfig.mapping_path='{mapping}'"]
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / "checkpoints").glob("iter_[0-9]*"))
+
+
+def recall10(eval_dir: Path) -> float:
+    return json.loads((eval_dir / "metrics.json").read_text())["metrics"]["recall@10"]["mean"]
+
+
+def evaluate(run: Runner, plan: Plan, name: str, cands: Path, split: str, out: Path, bootstrap: int) -> Path:
+    run(name, sidgr("evaluate", "--candidates", cands, "--targets", DATA / f"{split}.parquet",
+                    "--items", DATA / "items.parquet", "--out", out, "--exclude-history",
+                    "--bootstrap", bootstrap, "--seed", 0))
+    return out
+
+
+def sid_gr(run: Runner, plan: Plan, method: str, mapping: Path) -> tuple[Path, dict]:
+    """Train SID-GR on one tokenizer's SIDs, pick the checkpoint with the best valid Recall@10, test it once."""
+    run_dir = plan.out / f"sidgr_{method}"
+    run(f"train_sidgr_{method}", sidgr("train", "--nproc", plan.nproc, "--config", "configs/ml100k.gin",
+                                        *train_overrides(plan, run_dir, mapping)))
+    scores = {}
+    for ckpt in checkpoints(run_dir):
+        tag = f"sidgr_{method}_{ckpt.name}"
+        engine = run_dir / "engines" / ckpt.name
+        run(f"export_{tag}", sidgr("export", "--checkpoint", ckpt, "--out", engine))
+        cands = run_dir / "valid" / f"{ckpt.name}.parquet"
+        run(f"retrieve_valid_{tag}", sidgr("retrieve", "--engine", engine, "--sequences", DATA / "valid.parquet",
+                                           "--out", cands, "--k", plan.k, "--beam-width", plan.beam_width,
+                                           "--exclude-history"))
+        scores[ckpt.name] = recall10(evaluate(run, plan, f"eval_valid_{tag}", cands, "valid",
+                                              run_dir / "valid" / ckpt.name, 0))
+    best = max(scores, key=lambda c: (scores[c], c))
+    engine = run_dir / "engines" / best
+    cands = run_dir / "test_candidates.parquet"
+    run(f"retrieve_test_sidgr_{method}", sidgr("retrieve", "--engine", engine, "--sequences", DATA / "test.parquet",
+                                               "--out", cands, "--k", plan.k, "--beam-width", plan.beam_width,
+                                               "--exclude-history"))
+    evaluate(run, plan, f"eval_test_sidgr_{method}", cands, "test", run_dir / "test", plan.bootstrap)
+    return run_dir, {"valid_recall@10_by_checkpoint": scores, "selected": best, "engine": str(engine)}
+
+
+def item_baseline(run: Runner, plan: Plan, name: str, config: str, mapping: Path) -> tuple[Path, dict]:
+    """Train an item-level baseline; its trainer logs valid Recall@10 each interval, which picks the checkpoint."""
+    run_dir = plan.out / name
+    run(f"train_{name}", sidgr("train", "--nproc", plan.nproc, "--config", config,
+                               *train_overrides(plan, run_dir, mapping)))
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    scores = {f"iter_{r['step']:07d}": r["valid_recall@10"] for r in records if "valid_recall@10" in r}
+    kept = {c.name for c in checkpoints(run_dir)}
+    best = max((c for c in scores if c in kept), key=lambda c: (scores[c], c))
+    cands = run_dir / "test_candidates.parquet"
+    run(f"score_test_{name}", [PY, "-m", "sidgr.training.item_scoring", "--checkpoint",
+                               str(run_dir / "checkpoints" / best), "--queries", str(DATA / "test.parquet"),
+                               "--out", str(cands), "--top-k", str(plan.k), "--exclude-history"])
+    evaluate(run, plan, f"eval_test_{name}", cands, "test", run_dir / "test", plan.bootstrap)
+    return run_dir, {"valid_recall@10_by_checkpoint": scores, "selected": best}
+
+
+def popularity(run: Runner, plan: Plan) -> Path:
+    run_dir = plan.out / "popularity"
+    cands = run_dir / "test_candidates.parquet"
+    run("popularity", [PY, "-m", "sidgr.baselines", "popularity", "--train", str(DATA / "train.parquet"),
+                       "--queries", str(DATA / "test.parquet"), "--items", str(DATA / "items.parquet"),
+                       "--out", str(cands), "--top-k", str(plan.k), "--exclude-history"])
+    evaluate(run, plan, "eval_test_popularity", cands, "test", run_dir / "test", plan.bootstrap)
+    return run_dir
+
+
+def beam_vs_exact(run: Runner, plan: Plan, engine: Path, method: str) -> dict:
+    """Recall vs beam width on test, the exact ranking, and how often beam top-10 == exact top-10."""
+    import pyarrow.parquet as pq
+
+    sweep = plan.out / "beam_sweep"
+    exact = sweep / "exact.parquet"
+    run("retrieve_test_exact", sidgr("retrieve", "--engine", engine, "--sequences", DATA / "test.parquet",
+                                     "--out", exact, "--k", plan.k, "--exact", "--exclude-history"))
+    evaluate(run, plan, "eval_test_exact", exact, "test", sweep / "eval_exact", plan.bootstrap)
+    top_exact = {u: items[:10] for u, items in zip(*pq.read_table(exact).to_pydict().values())}
+    agreement = {}
+    for width in plan.beam_sweep:
+        if width < plan.k:
+            continue
+        cands = sweep / f"beam_{width}.parquet"
+        run(f"retrieve_test_w{width}", sidgr("retrieve", "--engine", engine, "--sequences", DATA / "test.parquet",
+                                             "--out", cands, "--k", plan.k, "--beam-width", width,
+                                             "--exclude-history"))
+        evaluate(run, plan, f"eval_test_w{width}", cands, "test", sweep / f"eval_w{width}", plan.bootstrap)
+        table = pq.read_table(cands).to_pydict()
+        same = [top_exact[u] == items[:10] for u, items in zip(table["user_id"], table["item_ids"])]
+        agreement[width] = sum(same) / len(same)
+    run("plot_beam", [PY, "-m", "sidgr.report", "beam", "--exact", str(sweep / "eval_exact"),
+                      *sum((["--beam", f"{w}={sweep / f'eval_w{w}'}"] for w in agreement), []),
+                      "--out", str(plan.out)])
+    return {"tokenizer": method, "top10_equal_to_exact": agreement}
+
+
+# ---- the whole demo ------------------------------------------------------------------------------------------
+def make_plan(args) -> Plan:
+    if args.quick:
+        return Plan(out=Path(args.out), quick=True, nproc=args.nproc, steps=20, eval_interval=10, beam_width=64,
+                    bootstrap=200, beam_sweep=(64, 256))
+    return Plan(out=Path(args.out), quick=False, nproc=args.nproc, steps=args.steps, eval_interval=args.steps // 4,
+                beam_width=args.beam_width)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="smoke run: few steps, small beams, fewer resamples")
+    p.add_argument("--out", default="runs/demo", help="where runs, logs, the table and plots go")
+    p.add_argument("--nproc", type=int, default=2, help="torchrun processes per training run (data parallel)")
+    p.add_argument("--steps", type=int, default=400, help="training steps per model (full run)")
+    p.add_argument("--beam-width", type=int, default=256, help="beam width for SID-GR retrieval")
+    args = p.parse_args(argv)
+    plan = make_plan(args)
+    plan.out.mkdir(parents=True, exist_ok=True)
+    stages = 2 + 3 * (1 + 1 + 4 * 4 + 2) + 2 * 3 + 2 + 2 + 2 * len(plan.beam_sweep) + 3
+    run = Runner(plan, stages)
+    t_start = time.perf_counter()
+
+    run("prepare", sidgr("prepare", "ml100k", "--out", DATA))
+    mappings = {}
+    for method, flags in plan.tokenizers.items():
+        out = DATA / f"sids_{method}"
+        run(f"tokenize_{method}", sidgr("tokenize", "--items", DATA / "items.parquet", *flags, "--seed", 0,
+                                        "--out", out))
+        mappings[method] = out / "sids.json"
+
+    rows, selection = {}, {}
+    rows["popularity"] = popularity(run, plan)
+    for name, config in (("sasrec_ce", "configs/ml100k_sasrec.gin"), ("sid_input", "configs/ml100k_sidinput.gin")):
+        rows[name], selection[name] = item_baseline(run, plan, name, config, mappings["balanced"])
+    for method, mapping in mappings.items():
+        rows[f"sid-gr ({method})"], selection[f"sidgr_{method}"] = sid_gr(run, plan, method, mapping)
+
+    beam = beam_vs_exact(run, plan, Path(selection["sidgr_balanced"]["engine"]), "balanced")
+    run("table", [PY, "-m", "sidgr.report", "table", *sum((["--run", f"{n}={d / 'test'}"] for n, d in rows.items()),
+                                                          []), "--out", str(plan.out)])
+    curves = {n: d / "metrics.jsonl" for n, d in rows.items() if (d / "metrics.jsonl").exists()}
+    run("plot_curves", [PY, "-m", "sidgr.report", "curves",
+                        *sum((["--run", f"{n}={f}"] for n, f in curves.items()), []), "--out", str(plan.out)])
+    run.bar.close()
+
+    summary = {"quick": plan.quick, "wall_seconds": time.perf_counter() - t_start, "selection": selection,
+               "beam_vs_exact": beam, "stage_seconds": run.timings, "commands": run.commands}
+    (plan.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print((plan.out / "comparison.md").read_text() if (plan.out / "comparison.md").exists() else "")
+    print(f"beam top-10 == exact top-10 (test users, tokenizer {beam['tokenizer']}): "
+          + ", ".join(f"W={w}: {v:.3f}" for w, v in beam["top10_equal_to_exact"].items()))
+    print(f"demo finished in {summary['wall_seconds'] / 60:.1f} min; outputs in {plan.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""Constrained wide beam search vs the exact scorer, on random-weight engines and small random catalogs."""
+import pytest
+import torch
+
+from sidgr.arch import ModelArch
+from sidgr.errors import InputError
+from sidgr.inference.random_engine import random_mapping, random_state_dict
+from sidgr.inference.retrieve import Engine
+from sidgr.inference.weights import EngineFiles
+
+SIZES = (8, 6, 5, 8)
+
+
+def make_engine(head_mode="shared", num_items=150, unique=True, seed=0):
+    arch = ModelArch(codebook_sizes=SIZES, hidden_size=32, num_layers=2, num_attention_heads=4,
+                     ffn_hidden_size=64, max_items=6, head_mode=head_mode)
+    mapping = random_mapping(num_items, list(SIZES), seed=seed, unique=unique)
+    return Engine(EngineFiles(arch, random_state_dict(arch, seed), mapping, "test"))
+
+
+def histories(num_users, num_items, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(num_items, (int(n),), generator=g)
+            for n in torch.randint(1, 9, (num_users,), generator=g)]  # some longer than max_items
+
+
+@pytest.mark.parametrize("head_mode", ["shared", "per_level"])
+@pytest.mark.parametrize("exclude", [False, True])
+def test_full_width_beam_equals_exact_top_k(head_mode, exclude):
+    eng = make_engine(head_mode)
+    hist = histories(5, 150)
+    k = 40
+    beam = eng.retrieve(hist, k=k, widths=4096, exclude_history=exclude)
+    exact = eng.retrieve(hist, k=k, widths=4096, exclude_history=exclude, exact=True)
+    assert torch.equal(beam.items, exact.items)
+    assert torch.allclose(beam.scores, exact.scores, atol=1e-5)
+    if exclude:
+        for h, row in zip(hist, beam.items):
+            assert not set(h.tolist()) & set(row.tolist())
+
+
+@pytest.mark.parametrize("widths", [1, 3, 7, 50, 4096, [4, 16, 64, 32], [4096, 2, 300, 10], [1, 1, 1, 1]])
+def test_every_candidate_is_a_real_item_at_every_width(widths):
+    eng = make_engine("per_level")
+    hist = histories(6, 150, seed=3)
+    final = widths if isinstance(widths, int) else widths[-1]
+    k = min(final, 10)
+    got = eng.retrieve(hist, k=k, widths=widths)
+    exact_all = eng.retrieve(hist, k=150, widths=1, exact=True)
+    for b in range(len(hist)):
+        items = got.items[b][got.items[b] >= 0]
+        if isinstance(widths, int) or widths == sorted(widths) or widths[1] > 2:
+            assert len(items) == k  # enough prefixes survive for k items
+        else:
+            assert 1 <= len(items) <= k  # a width-2 step keeps 2 subtrees: maybe fewer than k leaves
+        assert len(set(items.tolist())) == len(items)
+        assert int(items.min()) >= 0 and int(items.max()) < 150
+        # its score is the item's exact log-likelihood, and scores come best first
+        ref = dict(zip(exact_all.items[b].tolist(), exact_all.scores[b].tolist()))
+        assert torch.allclose(got.scores[b][:len(items)], torch.tensor([ref[i] for i in items.tolist()]), atol=1e-5)
+        s = got.scores[b][:len(items)]
+        assert bool((s[:-1] >= s[1:]).all())
+
+
+def test_beam_count_is_bounded_by_existing_prefixes():
+    eng = make_engine(num_items=12)  # fewer leaves than the width: fewer beams, never invalid ones
+    got = eng.retrieve(histories(3, 12), k=100, widths=100)
+    for row in got.items:
+        live = row[row >= 0]
+        assert sorted(live.tolist()) == list(range(12))
+
+
+def test_collisions_expand_to_all_items_lower_id_first():
+    eng = make_engine(num_items=120, unique=False, seed=4)
+    codes = eng.mapping.codes
+    assert eng.index.leaf_offsets.numel() - 1 < 120  # there are collisions
+    hist = histories(4, 120, seed=5)
+    beam = eng.retrieve(hist, k=120, widths=4096)
+    exact = eng.retrieve(hist, k=120, widths=4096, exact=True)
+    assert torch.equal(beam.items, exact.items)
+    for row, sc in zip(beam.items, beam.scores):
+        assert sorted(row.tolist()) == list(range(120))
+        for a in range(119):  # equal SIDs -> equal scores, lower item id first
+            i, j = int(row[a]), int(row[a + 1])
+            if torch.equal(codes[:, i], codes[:, j]):
+                assert sc[a] == sc[a + 1] and i < j
+
+
+def test_deterministic_output():
+    eng = make_engine()
+    hist = histories(6, 150, seed=7)
+    a = eng.retrieve(hist, k=20, widths=[4, 8, 16, 32])
+    b = make_engine().retrieve(hist, k=20, widths=[4, 8, 16, 32])
+    assert torch.equal(a.items, b.items) and torch.equal(a.scores, b.scores)
+
+
+def test_bad_widths_and_k():
+    eng = make_engine()
+    hist = histories(2, 150)
+    with pytest.raises(InputError, match="beam width=0"):
+        eng.retrieve(hist, k=1, widths=0)
+    with pytest.raises(InputError, match="one width per level"):
+        eng.retrieve(hist, k=1, widths=[4, 4])
+    with pytest.raises(InputError, match="k=9: larger than the final beam width 8"):
+        eng.retrieve(hist, k=9, widths=[8, 8, 8, 8])
+    with pytest.raises(InputError, match="empty history"):
+        eng.retrieve([torch.tensor([1]), torch.tensor([], dtype=torch.int64)], k=1, widths=4)
+    with pytest.raises(InputError, match="item_ids=150: item id outside"):
+        eng.retrieve([torch.tensor([1, 150])], k=1, widths=4)
+
+
+def test_exact_scorer_chunks_agree_with_one_pass():
+    from sidgr.inference.exact import exact_top_leaves
+    eng = make_engine("per_level", seed=9)
+    bos, cache = eng.prefill(histories(4, 150, seed=9))
+    n = eng.index.num_nodes(len(SIZES))
+    one_l, one_s = exact_top_leaves(eng.model, eng.index, bos, cache, keep=n, max_tokens=1 << 20)
+    many_l, many_s = exact_top_leaves(eng.model, eng.index, bos, cache, keep=n, max_tokens=4 * 7)  # 7 leaves
+    assert one_l.shape == (4, n) and torch.equal(one_l, many_l)
+    assert torch.allclose(one_s, many_s, atol=1e-5)
+    # a probability distribution over full SIDs that all exist: the catalog's mass is <= 1
+    assert bool((one_s.exp().sum(1) <= 1 + 1e-5).all())

@@ -1,0 +1,68 @@
+"""Export from a DCP checkpoint written here (Megatron's torch_dist layout: stacked layers, vocab padding,
+optimizer state, extra state), read back without Megatron or a process group."""
+import io
+import json
+
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+
+from sidgr.arch import ModelArch
+from sidgr.cli import main
+from sidgr.errors import InputError
+from sidgr.inference.export import export_checkpoint
+from sidgr.inference.random_engine import random_mapping, random_state_dict
+from sidgr.inference.weights import load_engine
+
+SIZES = (6, 5, 7)
+
+
+def megatron_like(sd, arch, pad_to=24):
+    out = {}
+    layer_names = sorted({k.split(".", 3)[3] for k in sd if k.startswith("decoder.layers.")})
+    for name in layer_names:
+        out[f"decoder.layers.{name}"] = torch.stack([sd[f"decoder.layers.{i}.{name}"]
+                                                     for i in range(arch.num_layers)])
+    for k, v in sd.items():
+        if not k.startswith("decoder.layers."):
+            if k == "embedding.codes.weight" or k.startswith("heads."):
+                v = torch.cat([v, torch.full((pad_to - v.shape[0], v.shape[1]), 99.0)])
+            out[k] = v
+    out["optimizer.state.exp_avg.embedding.bos"] = torch.ones(arch.hidden_size)
+    out["decoder.layers.self_attention.core_attention._extra_state"] = io.BytesIO(b"x")
+    return out
+
+
+@pytest.mark.parametrize("head_mode", ["shared", "per_level"])
+def test_export_from_dcp_checkpoint(tmp_path, head_mode):
+    arch = ModelArch(codebook_sizes=SIZES, hidden_size=16, num_layers=3, num_attention_heads=2,
+                     ffn_hidden_size=32, max_items=5, head_mode=head_mode)
+    sd = random_state_dict(arch, 5)
+    ckpt = tmp_path / "run" / "checkpoints" / "iter_0000010"
+    dcp.save(megatron_like(sd, arch), storage_writer=dcp.FileSystemWriter(str(ckpt)), no_dist=True)
+    (ckpt / "arch.json").write_text(arch.to_json())
+    mapping_path = random_mapping(30, list(SIZES), 1).save(tmp_path / "sids")
+    (ckpt / "mapping.json").write_text(json.dumps({"path": str(mapping_path)}))
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "engine")]) == 0
+    files = load_engine(tmp_path / "engine")
+    assert files.arch == arch
+    assert set(files.state_dict) == set(sd)
+    for k, v in sd.items():
+        assert torch.equal(files.state_dict[k], v), k
+    assert torch.equal(files.mapping.codes, random_mapping(30, list(SIZES), 1).codes)
+
+
+def test_export_rejects_layer_count_mismatch(tmp_path):
+    arch = ModelArch(codebook_sizes=SIZES, hidden_size=16, num_layers=3, num_attention_heads=2,
+                     ffn_hidden_size=32, max_items=5)
+    ckpt = tmp_path / "iter_0000001"
+    dcp.save(megatron_like(random_state_dict(arch, 0), arch), storage_writer=dcp.FileSystemWriter(str(ckpt)),
+             no_dist=True)
+    bad = json.loads(arch.to_json())
+    bad["num_layers"] = 2
+    (ckpt / "arch.json").write_text(json.dumps(bad))
+    (ckpt / "mapping.json").write_text(json.dumps({"path": str(random_mapping(30, list(SIZES), 1)
+                                                               .save(tmp_path / "sids"))}))
+    with pytest.raises(InputError, match="layers=3: arch.json says num_layers=2"):
+        export_checkpoint(ckpt, tmp_path / "engine")
+    assert not (tmp_path / "engine").exists()

@@ -1,0 +1,131 @@
+"""`sidgr retrieve`: output contract, resume after a failure == uninterrupted run, one-line errors, no partial files."""
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from sidgr.arch import ModelArch
+from sidgr.cli import main
+from sidgr.inference.random_engine import random_mapping, random_state_dict
+from sidgr.inference.retrieve import Engine
+from sidgr.inference.retrieve_cli import FAIL_AFTER_ENV
+from sidgr.inference.weights import save_engine
+
+SIZES = (8, 6, 8)
+N_ITEMS, N_USERS = 100, 23
+
+
+@pytest.fixture()
+def setup(tmp_path):
+    arch = ModelArch(codebook_sizes=SIZES, hidden_size=32, num_layers=2, num_attention_heads=4,
+                     ffn_hidden_size=64, max_items=10, head_mode="shared")
+    save_engine(tmp_path / "engine", arch, random_state_dict(arch, 3), random_mapping(N_ITEMS, list(SIZES), 3))
+    g = torch.Generator().manual_seed(0)
+    hist = [torch.randint(N_ITEMS, (int(n),), generator=g).tolist()
+            for n in torch.randint(1, 15, (N_USERS,), generator=g)]
+    table = pa.table({"user_id": list(range(100, 100 + N_USERS)), "item_ids": hist,
+                      "target": [0] * N_USERS})
+    pq.write_table(table, tmp_path / "test.parquet")
+    return tmp_path, hist
+
+
+def retrieve(tmp_path, out, *extra, seq="test.parquet"):
+    return main(["retrieve", "--engine", str(tmp_path / "engine"), "--sequences", str(tmp_path / seq),
+                 "--out", str(tmp_path / out), "--k", "7", "--beam-widths", "4,16,32", "--batch-size", "5",
+                 *extra])
+
+
+def test_output_matches_engine_and_excludes_history(setup):
+    tmp_path, hist = setup
+    assert retrieve(tmp_path, "c.parquet", "--exclude-history") == 0
+    t = pq.read_table(tmp_path / "c.parquet")
+    assert t.schema.names == ["user_id", "item_ids", "scores"]
+    assert t.column("user_id").to_pylist() == list(range(100, 100 + N_USERS))
+    ref = Engine.load(tmp_path / "engine").retrieve([torch.tensor(h) for h in hist], 7, [4, 16, 32],
+                                                    exclude_history=True)
+    items, scores = ref.rows()
+    assert t.column("item_ids").to_pylist() == items
+    assert torch.allclose(torch.tensor(sum(t.column("scores").to_pylist(), [])), torch.tensor(sum(scores, [])))
+    for h, row in zip(hist, items):
+        assert len(row) == 7 and not set(h) & set(row)
+    assert not (tmp_path / ".c.parquet.parts").exists()
+
+
+def test_resume_after_failure_equals_uninterrupted_run(setup, monkeypatch):
+    tmp_path, _ = setup
+    assert retrieve(tmp_path, "whole.parquet") == 0
+    monkeypatch.setenv(FAIL_AFTER_ENV, "2")
+    with pytest.raises(RuntimeError, match="injected"):
+        retrieve(tmp_path, "resumed.parquet")
+    parts = tmp_path / ".resumed.parquet.parts"
+    assert not (tmp_path / "resumed.parquet").exists()
+    assert sorted(p.name for p in parts.glob("part-*.parquet")) == ["part-000000.parquet", "part-000001.parquet"]
+    mtimes = {p.name: p.stat().st_mtime_ns for p in parts.glob("part-*.parquet")}
+    with pytest.raises(RuntimeError, match="injected"):  # two more parts, the first two are skipped
+        retrieve(tmp_path, "resumed.parquet")
+    assert len(list(parts.glob("part-*.parquet"))) == 4
+    assert all(mtimes[n] == (parts / n).stat().st_mtime_ns for n in mtimes)
+    monkeypatch.delenv(FAIL_AFTER_ENV)
+    assert retrieve(tmp_path, "resumed.parquet") == 0
+    assert (tmp_path / "resumed.parquet").read_bytes() == (tmp_path / "whole.parquet").read_bytes()
+    assert not parts.exists()
+
+
+def test_changed_parameters_discard_old_parts(setup, monkeypatch):
+    tmp_path, _ = setup
+    monkeypatch.setenv(FAIL_AFTER_ENV, "1")
+    with pytest.raises(RuntimeError):
+        retrieve(tmp_path, "c.parquet")
+    monkeypatch.delenv(FAIL_AFTER_ENV)
+    assert retrieve(tmp_path, "c.parquet", "--exclude-history") == 0
+    assert retrieve(tmp_path, "ref.parquet", "--exclude-history") == 0
+    assert (tmp_path / "c.parquet").read_bytes() == (tmp_path / "ref.parquet").read_bytes()
+
+
+def write_seq(tmp_path, hist, name="bad.parquet"):
+    pq.write_table(pa.table({"user_id": list(range(len(hist))), "item_ids": hist},
+                            schema=pa.schema([("user_id", pa.int64()), ("item_ids", pa.list_(pa.int64()))])),
+                   tmp_path / name)
+    return name
+
+
+@pytest.mark.parametrize("case,extra,message", [
+    ("pid", [], "user_id 11 item_ids=100: item id outside the engine's SID mapping 0..99"),
+    ("empty", [], "user_id 11 item_ids=[]: empty history"),
+    ("width0", ["--beam-width", "0"], "beam width=0: must be >= 1"),
+    ("k", ["--beam-widths", "4,16,6"], "k=7: larger than the final beam width 6"),
+    ("levels", ["--beam-widths", "4,16"], "need one width per level"),
+    ("engine", [], "mapping codebook_sizes=[8, 6, 9]"),
+])
+def test_bad_input_is_one_line_error_without_output(setup, capsys, case, extra, message):
+    tmp_path, hist = setup
+    seq = "test.parquet"
+    if case in ("pid", "empty"):
+        bad = [list(h) for h in hist]
+        bad[11] = [1, 100] if case == "pid" else []
+        seq = write_seq(tmp_path, bad)
+    if case == "engine":
+        meta = json.loads((tmp_path / "engine" / "sids.json").read_text())
+        meta["codebook_sizes"] = [8, 6, 9]
+        (tmp_path / "engine" / "sids.json").write_text(json.dumps(meta))
+    args = ["retrieve", "--engine", str(tmp_path / "engine"), "--sequences", str(tmp_path / seq),
+            "--out", str(tmp_path / "o.parquet"), "--k", "7", "--batch-size", "5"]
+    if not any(a.startswith("--beam") for a in extra):
+        args += ["--beam-width", "32"]
+    assert main(args + extra) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and err[-1].startswith("sidgr retrieve: error: ")
+    assert not (tmp_path / "o.parquet").exists() and not (tmp_path / ".o.parquet.parts").exists()
+
+
+def test_exact_cli_equals_full_width_beam(setup):
+    tmp_path, _ = setup
+    common = ["--k", "20", "--exclude-history"]  # argparse: the later --k wins
+    assert retrieve(tmp_path, "exact.parquet", "--exact", *common) == 0
+    assert retrieve(tmp_path, "beam.parquet", "--beam-widths", "4096,4096,4096", *common) == 0
+    a, b = pq.read_table(tmp_path / "exact.parquet"), pq.read_table(tmp_path / "beam.parquet")
+    assert a.column("item_ids").to_pylist() == b.column("item_ids").to_pylist()
+    assert torch.allclose(torch.tensor(a.column("scores").to_pylist()), torch.tensor(b.column("scores").to_pylist()),
+                          atol=1e-5)
