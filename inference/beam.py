@@ -85,19 +85,6 @@ def fully_seen_leaves(index: PrefixIndex, leaf_of_item: torch.Tensor, users: tor
     return u[full], leaf[full]
 
 
-def child_nodes(index: PrefixIndex, depth: int, nodes: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    """`PrefixIndex.child` with the sorted (parent, code) keys of each depth built once per index, so a step's
-    cost does not grow with the catalog (the keys are cached on the index object)."""
-    cache = index.__dict__.setdefault("_child_keys", {})
-    size = index.codebook_sizes[depth]
-    if depth not in cache:
-        cache[depth] = index.child_parent[depth] * size + index.child_code[depth]
-    keys = cache[depth]
-    query = nodes * size + codes
-    pos = torch.searchsorted(keys, query.reshape(-1)).reshape(query.shape).clamp(max=keys.numel() - 1)
-    return torch.where(keys[pos] == query, pos, torch.full_like(pos, -1))
-
-
 def _mask_children(total: torch.Tensor, nodes: torch.Tensor, users: torch.Tensor, parents: torch.Tensor,
                    codes: torch.Tensor) -> None:
     """Set total[b, w, code] = -inf where beam w of user b sits on `parents` (one entry per (user, parent, code))."""
@@ -125,7 +112,7 @@ def _expand_step(index: PrefixIndex, logits: torch.Tensor, cum: torch.Tensor,
     keep = max(int(alive.sum(1).max()), 1)
     vals, idx, alive = vals[:, :keep], idx[:, :keep], alive[:, :keep]
     parent, code = idx // C, idx % C
-    child = child_nodes(index, depth, nodes.gather(1, parent).clamp(min=0), code)
+    child = index.child(depth, nodes.gather(1, parent).clamp(min=0), code)
     child = torch.where(alive, child, torch.full_like(child, -1))
     return vals, parent, code, child
 

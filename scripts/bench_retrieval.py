@@ -189,7 +189,7 @@ def brute_force(engine: Engine, bf_index: BruteForceIndex, hist, widths):
 # ---- constraint share ----------------------------------------------------------------------------------------
 @contextmanager
 def constraint_timer(index: PrefixIndex, acc: list):
-    orig_mask, orig_child = index.allowed_mask, beam_mod.child_nodes
+    orig_mask, orig_child = index.allowed_mask, index.child
 
     def timed_mask(*a, **k):
         t0 = time.perf_counter()
@@ -203,12 +203,11 @@ def constraint_timer(index: PrefixIndex, acc: list):
         acc[0] += time.perf_counter() - t0
         return out
 
-    index.allowed_mask, beam_mod.child_nodes = timed_mask, timed_child
+    index.allowed_mask, index.child = timed_mask, timed_child
     try:
         yield
     finally:
-        del index.allowed_mask
-        beam_mod.child_nodes = orig_child
+        del index.allowed_mask, index.child
 
 
 # ---- memory --------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ Every query takes a whole batch of prefixes and is vectorized: no Python loop ov
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -25,6 +25,7 @@ class PrefixIndex:
     child_offsets: list[torch.Tensor]
     leaf_offsets: torch.Tensor
     leaf_items: torch.Tensor
+    _child_keys: dict = field(default_factory=dict, repr=False, compare=False)  # depth -> sorted parent*C+code
 
     @classmethod
     def build(cls, mapping: SIDMapping | torch.Tensor, codebook_sizes: list[int] | None = None) -> "PrefixIndex":
@@ -73,7 +74,9 @@ class PrefixIndex:
     def child(self, depth: int, nodes: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """Node at depth+1 reached from `nodes` (depth) by `codes`; -1 where that prefix is not in the catalog."""
         size = self.codebook_sizes[depth]
-        keys = self.child_parent[depth] * size + self.child_code[depth]
+        if depth not in self._child_keys:  # built once per depth, so a query costs O(log M), not O(M)
+            self._child_keys[depth] = self.child_parent[depth] * size + self.child_code[depth]
+        keys = self._child_keys[depth]
         query = nodes.to(torch.int64) * size + codes.to(torch.int64)
         pos = torch.searchsorted(keys, query.reshape(-1)).reshape(query.shape)
         hit = (pos < keys.numel()) & (codes >= 0) & (codes < size)  # an out-of-range code must not alias
