@@ -12,6 +12,7 @@ from typing import Literal
 import gin
 
 from sidgr.arch import ModelArch
+from sidgr.errors import input_error
 
 
 @gin.configurable
@@ -87,10 +88,15 @@ def parse_config(config_file: str | None, bindings: list[str] | tuple = ()) -> N
     """Parse a gin file plus overrides, then refuse bindings of any configurable the trainer does not build."""
     from sidgr.training import loader  # noqa: F401  registers DataConfig
 
+    source = config_file or "<bindings>"
     gin.clear_config()
-    gin.parse_config_files_and_bindings([config_file] if config_file else [], list(bindings))
+    try:
+        gin.parse_config_files_and_bindings([config_file] if config_file else [], list(bindings))
+    except (ValueError, SyntaxError) as err:  # gin's message is multi-line; its first line names the problem
+        raise input_error(source, "gin", " ".join(bindings) or config_file,
+                          str(err).strip().splitlines()[0]) from None
     for (scope, selector) in gin.config._CONFIG.keys():
         name = selector.split(".")[-1]
         if scope or name not in BUILT_CONFIGURABLES:
-            raise ValueError(f"gin binding for {scope + '/' if scope else ''}{selector} is never used by the "
-                             f"trainer (it builds only {', '.join(BUILT_CONFIGURABLES)})")
+            raise input_error(source, "gin binding", f"{scope + '/' if scope else ''}{selector}",
+                              f"never used by the trainer (it builds only {', '.join(BUILT_CONFIGURABLES)})")

@@ -222,15 +222,26 @@ class WandbRun:
 
 
 # ---- the run -------------------------------------------------------------------------------------------------
+def preflight(cfgs: dict):
+    """Everything that can be checked without Megatron or processes: the mapping, the task, the architecture."""
+    from sidgr.training.config import model_arch
+
+    mcfg, dcfg = cfgs["model"], cfgs["data"]
+    for field_name in ("train_path", "mapping_path"):
+        path = getattr(dcfg, field_name)
+        if not Path(path).exists():
+            raise input_error(path, f"DataConfig.{field_name}", path, "file does not exist")
+    mapping = SIDMapping.load(dcfg.mapping_path)
+    task = make_task(mcfg, mapping)
+    arch = task.arch(model_arch(mcfg, check_mapping(mcfg, mapping), dcfg.max_items))
+    return mapping, task, arch
+
+
 def run(cfgs: dict, resume: bool) -> dict:
     from dataclasses import asdict
 
-    from sidgr.training.config import model_arch
-
     tcfg, mcfg, ocfg, pcfg, dcfg = (cfgs[k] for k in ("trainer", "model", "optim", "parallel", "data"))
-    mapping = SIDMapping.load(dcfg.mapping_path)
-    task = make_task(mcfg, mapping)
-    arch = task.arch(model_arch(mcfg, check_mapping(mcfg, mapping), dcfg.max_items))  # before anything heavy
+    mapping, task, arch = preflight(cfgs)  # before anything heavy starts
 
     from tqdm import tqdm
 
