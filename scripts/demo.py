@@ -23,7 +23,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 PY = sys.executable
-DATA = Path("artifacts/ml100k")
+DATA = Path("artifacts/ml100k")  # --data overrides
 
 
 @dataclass
@@ -164,7 +164,8 @@ def beam_vs_exact(run: Runner, plan: Plan, engine: Path, method: str) -> dict:
     run("retrieve_test_exact", sidgr("retrieve", "--engine", engine, "--sequences", DATA / "test.parquet",
                                      "--out", exact, "--k", plan.k, "--exact", "--exclude-history"))
     evaluate(run, plan, "eval_test_exact", exact, "test", sweep / "eval_exact", plan.bootstrap)
-    top_exact = {u: items[:10] for u, items in zip(*pq.read_table(exact).to_pydict().values())}
+    exact_table = pq.read_table(exact).to_pydict()
+    top_exact = {u: items[:10] for u, items in zip(exact_table["user_id"], exact_table["item_ids"])}
     agreement = {}
     for width in plan.beam_sweep:
         if width < plan.k:
@@ -186,8 +187,8 @@ def beam_vs_exact(run: Runner, plan: Plan, engine: Path, method: str) -> dict:
 # ---- the whole demo ------------------------------------------------------------------------------------------
 def make_plan(args) -> Plan:
     if args.quick:
-        return Plan(out=Path(args.out), quick=True, nproc=args.nproc, steps=20, eval_interval=10, beam_width=64,
-                    bootstrap=200, beam_sweep=(64, 256))
+        return Plan(out=Path(args.out), quick=True, nproc=args.nproc, steps=20, eval_interval=20, beam_width=64,
+                    bootstrap=200, beam_sweep=(64,))
     return Plan(out=Path(args.out), quick=False, nproc=args.nproc, steps=args.steps, eval_interval=args.steps // 4,
                 beam_width=args.beam_width)
 
@@ -199,10 +200,16 @@ def main(argv=None) -> int:
     p.add_argument("--nproc", type=int, default=2, help="torchrun processes per training run (data parallel)")
     p.add_argument("--steps", type=int, default=400, help="training steps per model (full run)")
     p.add_argument("--beam-width", type=int, default=256, help="beam width for SID-GR retrieval")
+    p.add_argument("--data", default=str(DATA), help="where the prepared ml-100k files and SIDs go")
     args = p.parse_args(argv)
+    global DATA
+    DATA = Path(args.data)
     plan = make_plan(args)
     plan.out.mkdir(parents=True, exist_ok=True)
-    stages = 2 + 3 * (1 + 1 + 4 * 4 + 2) + 2 * 3 + 2 + 2 + 2 * len(plan.beam_sweep) + 3
+    ckpts = max(plan.steps // plan.eval_interval, 1)
+    sweep = sum(w >= plan.k for w in plan.beam_sweep)
+    stages = (1 + len(plan.tokenizers) + 2 + 2 * 3 + len(plan.tokenizers) * (1 + 3 * ckpts + 2)
+              + 2 + 2 * sweep + 1 + 2)
     run = Runner(plan, stages)
     t_start = time.perf_counter()
 
