@@ -194,6 +194,7 @@ def make_plan(args) -> Plan:
 
 
 def main(argv=None) -> int:
+    global DATA
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="smoke run: few steps, small beams, fewer resamples")
     p.add_argument("--out", default="runs/demo", help="where runs, logs, the table and plots go")
@@ -202,7 +203,6 @@ def main(argv=None) -> int:
     p.add_argument("--beam-width", type=int, default=256, help="beam width for SID-GR retrieval")
     p.add_argument("--data", default=str(DATA), help="where the prepared ml-100k files and SIDs go")
     args = p.parse_args(argv)
-    global DATA
     DATA = Path(args.data)
     plan = make_plan(args)
     plan.out.mkdir(parents=True, exist_ok=True)
