@@ -119,6 +119,7 @@ def sid_gr(run: Runner, plan: Plan, method: str, mapping: Path) -> tuple[Path, d
         scores[ckpt.name] = recall10(evaluate(run, plan, f"eval_valid_{tag}", cands, "valid",
                                               run_dir / "valid" / ckpt.name, 0))
     best = max(scores, key=lambda c: (scores[c], c))
+    write_curve_log(run_dir, scores)
     engine = run_dir / "engines" / best
     cands = run_dir / "test_candidates.parquet"
     run(f"retrieve_test_sidgr_{method}", sidgr("retrieve", "--engine", engine, "--sequences", DATA / "test.parquet",
@@ -126,6 +127,13 @@ def sid_gr(run: Runner, plan: Plan, method: str, mapping: Path) -> tuple[Path, d
                                                "--exclude-history"))
     evaluate(run, plan, f"eval_test_sidgr_{method}", cands, "test", run_dir / "test", plan.bootstrap)
     return run_dir, {"valid_recall@10_by_checkpoint": scores, "selected": best, "engine": str(engine)}
+
+
+def write_curve_log(run_dir: Path, valid_recall: dict) -> None:
+    """The trainer's metrics.jsonl plus the valid Recall@10 measured here per checkpoint, for the curves plot."""
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    records += [{"step": int(c.split("_")[1]), "valid_recall@10": r} for c, r in sorted(valid_recall.items())]
+    (run_dir / "curves.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
 def item_baseline(run: Runner, plan: Plan, name: str, config: str, mapping: Path) -> tuple[Path, dict]:
@@ -231,7 +239,8 @@ def main(argv=None) -> int:
     beam = beam_vs_exact(run, plan, Path(selection["sidgr_balanced"]["engine"]), "balanced")
     run("table", [PY, "-m", "sidgr.report", "table", *sum((["--run", f"{n}={d / 'test'}"] for n, d in rows.items()),
                                                           []), "--out", str(plan.out)])
-    curves = {n: d / "metrics.jsonl" for n, d in rows.items() if (d / "metrics.jsonl").exists()}
+    logs = {n: d / "curves.jsonl" if (d / "curves.jsonl").exists() else d / "metrics.jsonl" for n, d in rows.items()}
+    curves = {n: log for n, log in logs.items() if log.exists()}
     run("plot_curves", [PY, "-m", "sidgr.report", "curves",
                         *sum((["--run", f"{n}={f}"] for n, f in curves.items()), []), "--out", str(plan.out)])
     run.bar.close()
