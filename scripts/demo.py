@@ -84,6 +84,7 @@ def train_overrides(plan: Plan, run_dir: Path, mapping: Path) -> list[str]:
             f"TrainerConfig.eval_interval={plan.eval_interval}", f"TrainerConfig.save_interval={plan.eval_interval}",
             f"TrainerConfig.keep_last={saves + 1}", "TrainerConfig.progress=False",
             f"TrainerConfig.log_interval={max(plan.steps // 40, 1)}",
+            f"DataConfig.train_path='{DATA / 'train.parquet'}'", f"DataConfig.valid_path='{DATA / 'valid.parquet'}'",
             f"DataConfig.mapping_path='{mapping}'"]
 
 
