@@ -6,7 +6,7 @@
       the two so machine load hits both alike; medians are reported. Goal: plain / megatron >= 0.9.
   python scripts/bench_train.py ml100k [--steps 30]
       tokens/s and peak memory of configs/ml100k.gin at TP1/DP1, DP2 and TP2 (torchrun, a few steps each).
-      Uses artifacts/ml100k/sids/sids.json, or a random 3 x 256 mapping when it does not exist (said so).
+      Uses artifacts/ml100k/sids/ (or the demo's sids_balanced/), else a random 3 x 256 mapping (said so).
 """
 from __future__ import annotations
 
@@ -102,10 +102,11 @@ def compare(args) -> dict:
 
 
 # ---- ml100k ------------------------------------------------------------------------------------------------------
-def ml100k_mapping(tmp: Path) -> tuple[str, bool]:
-    real = REPO / "artifacts/ml100k/sids/sids.json"
-    if real.exists():
-        return str(real), True
+def ml100k_mapping(tmp: Path) -> tuple[str, str | None]:
+    """The README flow's SIDs, else the demo's balanced ones, else a random 3 x 256 mapping."""
+    for real in (REPO / "artifacts/ml100k/sids/sids.json", REPO / "artifacts/ml100k/sids_balanced/sids.json"):
+        if real.exists():
+            return str(real), str(real.parent.relative_to(REPO))
     import pyarrow.parquet as pq
 
     from sidgr.sid.mapping import SIDMapping
@@ -113,14 +114,14 @@ def ml100k_mapping(tmp: Path) -> tuple[str, bool]:
     n = pq.read_metadata(REPO / "artifacts/ml100k/items.parquet").num_rows
     g = torch.Generator().manual_seed(0)
     codes = torch.randint(0, 256, (3, n), generator=g)
-    return str(SIDMapping(codes, [256, 256, 256], {"method": "random-bench"}).save(tmp / "sids")), False
+    return str(SIDMapping(codes, [256, 256, 256], {"method": "random-bench"}).save(tmp / "sids")), None
 
 
 def ml100k(args) -> dict:
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         mapping, real = ml100k_mapping(Path(tmp))
-        out["mapping"] = "artifacts/ml100k/sids" if real else "random 3x256 (artifacts/ml100k/sids missing)"
+        out["mapping"] = real or "random 3x256 (no SIDs under artifacts/ml100k)"
         for name, nproc, tp in (("TP1_DP1", 1, 1), ("TP1_DP2", 2, 1), ("TP2_DP1", 2, 2)):
             run_dir = Path(tmp) / name
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",

@@ -103,14 +103,14 @@ def evaluate(run: Runner, plan: Plan, name: str, cands: Path, split: str, out: P
     return out
 
 
-def sid_gr(run: Runner, plan: Plan, method: str, mapping: Path) -> tuple[Path, dict]:
-    """Train SID-GR on one tokenizer's SIDs, pick the checkpoint with the best valid Recall@10, test it once."""
-    run_dir = plan.out / f"sidgr_{method}"
-    run(f"train_sidgr_{method}", sidgr("train", "--nproc", plan.nproc, "--config", "configs/ml100k.gin",
-                                        *train_overrides(plan, run_dir, mapping)))
+def train_and_score_on_valid(run: Runner, plan: Plan, name: str, mapping: Path, bindings=()) -> dict:
+    """Train SID-GR (configs/ml100k.gin + bindings) into OUT/name; valid Recall@10 of every kept checkpoint."""
+    run_dir = plan.out / name
+    run(f"train_{name}", sidgr("train", "--nproc", plan.nproc, "--config", "configs/ml100k.gin",
+                               *train_overrides(plan, run_dir, mapping), *bindings))
     scores = {}
     for ckpt in checkpoints(run_dir):
-        tag = f"sidgr_{method}_{ckpt.name}"
+        tag = f"{name}_{ckpt.name}"
         engine = run_dir / "engines" / ckpt.name
         run(f"export_{tag}", sidgr("export", "--checkpoint", ckpt, "--out", engine))
         cands = run_dir / "valid" / f"{ckpt.name}.parquet"
@@ -119,8 +119,15 @@ def sid_gr(run: Runner, plan: Plan, method: str, mapping: Path) -> tuple[Path, d
                                            "--exclude-history"))
         scores[ckpt.name] = recall10(evaluate(run, plan, f"eval_valid_{tag}", cands, "valid",
                                               run_dir / "valid" / ckpt.name, 0))
-    best = max(scores, key=lambda c: (scores[c], c))
     write_curve_log(run_dir, scores)
+    return scores
+
+
+def sid_gr(run: Runner, plan: Plan, method: str, mapping: Path) -> tuple[Path, dict]:
+    """Train SID-GR on one tokenizer's SIDs, pick the checkpoint with the best valid Recall@10, test it once."""
+    run_dir = plan.out / f"sidgr_{method}"
+    scores = train_and_score_on_valid(run, plan, f"sidgr_{method}", mapping)
+    best = max(scores, key=lambda c: (scores[c], c))
     engine = run_dir / "engines" / best
     cands = run_dir / "test_candidates.parquet"
     run(f"retrieve_test_sidgr_{method}", sidgr("retrieve", "--engine", engine, "--sequences", DATA / "test.parquet",
@@ -238,8 +245,9 @@ def main(argv=None) -> int:
         rows[f"sid-gr ({method})"], selection[f"sidgr_{method}"] = sid_gr(run, plan, method, mapping)
 
     beam = beam_vs_exact(run, plan, Path(selection["sidgr_balanced"]["engine"]), "balanced")
-    run("table", [PY, "-m", "sidgr.report", "table", *sum((["--run", f"{n}={d / 'test'}"] for n, d in rows.items()),
-                                                          []), "--out", str(plan.out)])
+    table_runs = sum((["--run", f"{n}={d / 'test'}"] for n, d in rows.items()), [])
+    run("table", [PY, "-m", "sidgr.report", "table", *table_runs, "--paired-baseline", "sasrec_ce",
+                  "--out", str(plan.out)])
     logs = {n: d / "curves.jsonl" if (d / "curves.jsonl").exists() else d / "metrics.jsonl" for n, d in rows.items()}
     curves = {n: log for n, log in logs.items() if log.exists()}
     run("plot_curves", [PY, "-m", "sidgr.report", "curves",

@@ -67,6 +67,49 @@ def comparison_table(reports: dict[str, dict], columns=DEFAULT_COLUMNS) -> str:
     return "\n".join(lines) + "\n"
 
 
+def paired_difference(report_dir, baseline_dir, metric: str = "recall@10", num_samples: int = 1000,
+                      seed: int = 0) -> dict[str, float]:
+    """Mean of (run - baseline) per user with a paired percentile-bootstrap 95% CI (users resampled jointly, so
+    the between-user variance both share cancels). Both evaluations must cover the same users."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from sidgr.metrics import bootstrap_means
+
+    tables = []
+    for d in (Path(report_dir), Path(baseline_dir)):
+        path = (d if d.is_dir() else d.parent) / "per_user.parquet"
+        if not path.exists():
+            raise input_error(path, "path", str(path), "no per_user.parquet beside the evaluation")
+        t = pq.read_table(path, columns=["user_id", metric]).sort_by("user_id")
+        tables.append(t)
+    run, base = tables
+    if run["user_id"].to_pylist() != base["user_id"].to_pylist():
+        raise input_error(report_dir, "user_id", f"{run.num_rows} vs {base.num_rows} users",
+                          f"not the same users as the baseline {baseline_dir}")
+    diff = (run[metric].to_numpy() - base[metric].to_numpy())[:, None]
+    samples = bootstrap_means(diff, num_samples, seed)[:, 0]
+    lo, hi = np.percentile(samples, [2.5, 97.5])
+    return {"mean": float(diff.mean()), "ci_low": float(lo), "ci_high": float(hi)}
+
+
+def with_paired_column(table: str, dirs: dict[str, str], baseline: str, metric: str = "recall@10") -> str:
+    """Append a column "Δ metric vs baseline [paired 95% CI]" to the rows of a comparison table."""
+    if baseline not in dirs:
+        raise input_error("--paired-baseline", "name", baseline, f"not one of the runs {sorted(dirs)}")
+    lines = table.splitlines()
+    label = metric.replace("recall", "Recall").replace("ndcg", "NDCG")
+    lines[0] += f" Δ{label} vs {baseline} [paired CI] |"
+    lines[1] += "---|"
+    for i, name in enumerate(dirs, start=2):
+        if name == baseline:
+            lines[i] += " — |"
+        else:
+            d = paired_difference(dirs[name], dirs[baseline], metric)
+            lines[i] += f" {d['mean']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] |"
+    return "\n".join(lines) + "\n"
+
+
 def read_jsonl(path) -> list[dict]:
     path = Path(path)
     if not path.exists():
@@ -174,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     table = sub.add_parser("table", help="markdown comparison table (comparison.md) from evaluation outputs")
     table.add_argument("--run", action="append", required=True, help="NAME=EVAL_DIR (repeat; row order kept)")
     table.add_argument("--columns", default=",".join(DEFAULT_COLUMNS))
+    table.add_argument("--paired-baseline", default=None,
+                       help="NAME of a run: add each run's Recall@10 difference to it with a paired bootstrap CI")
     curves = sub.add_parser("curves", help="training loss and validation Recall@10 over steps")
     curves.add_argument("--run", action="append", required=True, help="NAME=metrics.jsonl (repeat)")
     beam = sub.add_parser("beam", help="recall vs beam width, beam vs exact")
@@ -185,8 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.what == "table":
-            reports = {name: load_report(path) for name, path in _named(args.run, "--run").items()}
+            dirs = _named(args.run, "--run")
+            reports = {name: load_report(path) for name, path in dirs.items()}
             text = comparison_table(reports, tuple(c for c in args.columns.split(",") if c))
+            if args.paired_baseline:
+                text = with_paired_column(text, dirs, args.paired_baseline)
             path = Path(args.out) / "comparison.md"
             with atomic_path(path) as tmp:
                 tmp.write_text(text)

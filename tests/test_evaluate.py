@@ -236,3 +236,33 @@ def test_report_table_and_plots(files, tmp_path):
                         "--exact", str(tmp_path / "b"), "--out", str(tmp_path / "plots")]) == 0
     for name in ("training_loss.png", "valid_recall10.png", "recall_vs_beam.png"):
         assert (tmp_path / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _per_user(directory, users, recall10):
+    directory.mkdir(parents=True)
+    write(directory / "per_user.parquet", user_id=pa.array(users, pa.int64()),
+          **{"recall@10": pa.array(recall10, pa.float64())})
+    return directory
+
+
+def test_paired_difference_aligns_users_and_bounds_the_mean(tmp_path):
+    from sidgr import report
+
+    base = _per_user(tmp_path / "base", [0, 1, 2, 3], [1.0, 0.0, 1.0, 0.0])
+    # same users in another order: run hits users 0,1,2 -> per-user differences 0, +1, 0, 0
+    run = _per_user(tmp_path / "run", [3, 2, 1, 0], [0.0, 1.0, 1.0, 1.0])
+    d = report.paired_difference(run, base, num_samples=500, seed=1)
+    assert d["mean"] == pytest.approx(0.25)
+    assert 0.0 <= d["ci_low"] <= 0.25 <= d["ci_high"] <= 1.0
+    assert report.paired_difference(base, base) == {"mean": 0.0, "ci_low": 0.0, "ci_high": 0.0}
+    assert report.paired_difference(run, base, num_samples=500, seed=1) == d
+    other = _per_user(tmp_path / "other", [0, 1, 2, 9], [0.0, 0.0, 0.0, 0.0])
+    with pytest.raises(InputError, match="not the same users"):
+        report.paired_difference(other, base)
+    table = "| model | x |\n|---|---|\n| base | 1 |\n| run | 2 |\n"
+    out = report.with_paired_column(table, {"base": str(base), "run": str(run)}, "base").splitlines()
+    assert out[2].endswith("| — |")
+    assert out[3].endswith(f"| {d['mean']:+.4f} [{report.paired_difference(run, base)['ci_low']:+.4f}, "
+                           f"{report.paired_difference(run, base)['ci_high']:+.4f}] |")
+    with pytest.raises(InputError, match="not one of the runs"):
+        report.with_paired_column(table, {"base": str(base)}, "nope")
