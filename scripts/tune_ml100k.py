@@ -55,11 +55,11 @@ def main(argv=None) -> int:
         results[name] = {"bindings": bindings, "valid_recall@10": scores, "best": best, "best_value": scores[best]}
     run.bar.close()
     (plan.out / "tuning.json").write_text(json.dumps(results, indent=2) + "\n")
+    ckpts = sorted({c for r in results.values() for c in r["valid_recall@10"]})
     lines = [f"# SID-GR tuning on the valid target ({args.tokenizer} SIDs, {args.steps} steps)", "",
-             "| trial | bindings | " + " | ".join(sorted(next(iter(results.values()))["valid_recall@10"])) + " | best |",
-             "|---|---|" + "---|" * (len(next(iter(results.values()))["valid_recall@10"]) + 1)]
+             "| trial | bindings | " + " | ".join(ckpts) + " | best |", "|---|---|" + "---|" * (len(ckpts) + 1)]
     for name, r in results.items():
-        cells = " | ".join(f"{v:.4f}" for _, v in sorted(r["valid_recall@10"].items()))
+        cells = " | ".join(f"{r['valid_recall@10'][c]:.4f}" if c in r["valid_recall@10"] else "—" for c in ckpts)
         lines.append(f"| {name} | {' '.join(r['bindings']) or '(config as is)'} | {cells} | {r['best_value']:.4f} |")
     (plan.out / "tuning.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

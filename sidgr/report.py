@@ -67,36 +67,41 @@ def comparison_table(reports: dict[str, dict], columns=DEFAULT_COLUMNS) -> str:
     return "\n".join(lines) + "\n"
 
 
-def paired_difference(report_dir, baseline_dir, metric: str = "recall@10", num_samples: int = 1000,
-                      seed: int = 0) -> dict[str, float]:
-    """Mean of (run - baseline) per user with a paired percentile-bootstrap 95% CI (users resampled jointly, so
-    the between-user variance both share cancels). Both evaluations must cover the same users."""
-    import numpy as np
+def per_user_metric(evaluation, metric: str):
+    """(user ids, values) of one metric from the per_user.parquet beside an evaluation's metrics.json, by user."""
     import pyarrow.parquet as pq
 
-    from sidgr.metrics import bootstrap_means
-
-    tables = []
-    for d in (Path(report_dir), Path(baseline_dir)):
-        path = (d if d.is_dir() else d.parent) / "per_user.parquet"
-        if not path.exists():
-            raise input_error(path, "path", str(path), "no per_user.parquet beside the evaluation")
-        t = pq.read_table(path, columns=["user_id", metric]).sort_by("user_id")
-        tables.append(t)
-    run, base = tables
-    if run["user_id"].to_pylist() != base["user_id"].to_pylist():
-        raise input_error(report_dir, "user_id", f"{run.num_rows} vs {base.num_rows} users",
-                          f"not the same users as the baseline {baseline_dir}")
-    diff = (run[metric].to_numpy() - base[metric].to_numpy())[:, None]
-    samples = bootstrap_means(diff, num_samples, seed)[:, 0]
-    lo, hi = np.percentile(samples, [2.5, 97.5])
-    return {"mean": float(diff.mean()), "ci_low": float(lo), "ci_high": float(hi)}
+    d = Path(evaluation)
+    path = (d if d.is_dir() else d.parent) / "per_user.parquet"
+    if not path.exists():
+        raise input_error(path, "path", str(path), "no per_user.parquet beside the evaluation")
+    table = pq.read_table(path, columns=["user_id", metric]).sort_by("user_id")
+    return table["user_id"].to_numpy(), table[metric].to_numpy()
 
 
-def with_paired_column(table: str, dirs: dict[str, str], baseline: str, metric: str = "recall@10") -> str:
+def paired_difference(run, baseline, metric: str = "recall@10", num_samples: int = 1000,
+                      seed: int = 0) -> dict[str, float]:
+    """Mean of (run - baseline) per user with a paired percentile-bootstrap 95% CI (users resampled jointly, so
+    the between-user variance both share cancels). `run`/`baseline`: evaluation dirs, or (users, values) pairs
+    from `per_user_metric`. Both must cover the same users."""
+    import numpy as np
+
+    from sidgr.metrics import bootstrap_ci
+
+    (run_users, run_values), (base_users, base_values) = (
+        x if isinstance(x, tuple) else per_user_metric(x, metric) for x in (run, baseline))
+    if not np.array_equal(run_users, base_users):
+        raise input_error(run if not isinstance(run, tuple) else "run", "user_id",
+                          f"{len(run_users)} vs {len(base_users)} users", "not the same users as the baseline")
+    return bootstrap_ci({"diff": run_values - base_values}, num_samples, seed)["diff"]
+
+
+def with_paired_column(table: str, dirs: dict[str, str], baseline: str, metric: str = "recall@10",
+                       num_samples: int = 1000, seed: int = 0) -> str:
     """Append a column "Δ metric vs baseline [paired 95% CI]" to the rows of a comparison table."""
     if baseline not in dirs:
         raise input_error("--paired-baseline", "name", baseline, f"not one of the runs {sorted(dirs)}")
+    base = per_user_metric(dirs[baseline], metric)
     lines = table.splitlines()
     label = metric.replace("recall", "Recall").replace("ndcg", "NDCG")
     lines[0] += f" Δ{label} vs {baseline} [paired CI] |"
@@ -105,7 +110,7 @@ def with_paired_column(table: str, dirs: dict[str, str], baseline: str, metric: 
         if name == baseline:
             lines[i] += " — |"
         else:
-            d = paired_difference(dirs[name], dirs[baseline], metric)
+            d = paired_difference(dirs[name], base, metric, num_samples, seed)
             lines[i] += f" {d['mean']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] |"
     return "\n".join(lines) + "\n"
 
@@ -233,8 +238,10 @@ def main(argv: list[str] | None = None) -> int:
             dirs = _named(args.run, "--run")
             reports = {name: load_report(path) for name, path in dirs.items()}
             text = comparison_table(reports, tuple(c for c in args.columns.split(",") if c))
-            if args.paired_baseline:
-                text = with_paired_column(text, dirs, args.paired_baseline)
+            if args.paired_baseline:  # resampled like the baseline's own CIs (the table's footnote says how)
+                boot = reports.get(args.paired_baseline, {}).get("bootstrap", {})
+                text = with_paired_column(text, dirs, args.paired_baseline, num_samples=boot.get("samples", 1000),
+                                          seed=boot.get("seed", 0))
             path = Path(args.out) / "comparison.md"
             with atomic_path(path) as tmp:
                 tmp.write_text(text)
