@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from sidgr.errors import input_error
-from sidgr.layout import decode_position
+from sidgr.token_layout import decode_position
 from sidgr.sid.prefix_index import PrefixIndex
 
 from .kv_cache import BeamCache, HistoryCache

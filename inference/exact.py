@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from sidgr.layout import decode_position
+from sidgr.token_layout import decode_position
 from sidgr.sid.prefix_index import PrefixIndex
 
 from .beam import sorted_topk

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sidgr.arch import ModelArch
-from sidgr.layout import TokenBatch, history_keys
+from sidgr.token_layout import TokenBatch, history_keys
 
 from .kv_cache import BeamCache, HistoryCache
 

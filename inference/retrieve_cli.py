@@ -48,7 +48,7 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from .beam import beam_widths
-    from .retrieve import Engine
+    from .engine import Engine
 
     if args.threads:
         torch.set_num_threads(args.threads)

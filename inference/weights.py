@@ -74,7 +74,7 @@ def check_state_dict(arch: ModelArch, state_dict: dict[str, torch.Tensor], sourc
             raise input_error(source, f"shape of {name}", got, f"expected {shape} from engine.json's arch")
 
 
-def check_mapping(arch: ModelArch, mapping: SIDMapping, source) -> None:
+def check_engine_mapping(arch: ModelArch, mapping: SIDMapping, source) -> None:
     if mapping.num_levels != arch.num_levels:
         raise input_error(source, "mapping levels", mapping.num_levels,
                           f"engine arch has {arch.num_levels} levels")
@@ -89,7 +89,7 @@ def save_engine(out_dir: str | os.PathLike, arch: ModelArch, state_dict: dict[st
     out_dir = Path(out_dir)
     state_dict = {k: v.detach().to(torch.float32).contiguous() for k, v in state_dict.items()}
     check_state_dict(arch, state_dict, f"export to {out_dir}")
-    check_mapping(arch, mapping, f"export to {out_dir}")
+    check_engine_mapping(arch, mapping, f"export to {out_dir}")
     with atomic_path(out_dir, is_dir=True) as tmp:
         save_file(state_dict, str(tmp / WEIGHTS_FILE))
         meta_path = mapping.save(tmp / MAPPING_STEM)
@@ -119,5 +119,5 @@ def load_engine(engine_dir: str | os.PathLike) -> EngineFiles:
         raise input_error(weights_path, "weights", weights_path.name, f"unreadable safetensors ({err})") from None
     check_state_dict(arch, state_dict, weights_path)
     mapping = SIDMapping.load(engine_dir / info.get("mapping", f"{MAPPING_STEM}.json"))
-    check_mapping(arch, mapping, json_path)
+    check_engine_mapping(arch, mapping, json_path)
     return EngineFiles(arch, state_dict, mapping, str(info.get("source", "")))

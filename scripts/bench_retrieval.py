@@ -27,9 +27,9 @@ from sidgr.arch import ModelArch
 from sidgr.inference import beam as beam_mod
 from sidgr.inference.beam import _expand_step, beam_widths
 from sidgr.inference.random_engine import random_mapping, random_state_dict
-from sidgr.inference.retrieve import Engine
+from sidgr.inference.engine import Engine
 from sidgr.inference.weights import EngineFiles
-from sidgr.layout import decode_position, history_keys
+from sidgr.token_layout import decode_position, history_keys
 from sidgr.sid.prefix_index import PrefixIndex
 
 
@@ -109,7 +109,7 @@ def packed_nocache(engine: Engine, hist, widths, user_chunk: int = 4):
 
 
 def _packed_chunk(engine: Engine, hist, widths):
-    from sidgr.layout import TokenBatch, prefill_layout
+    from sidgr.token_layout import TokenBatch, prefill_layout
 
     arch, model, index = engine.arch, engine.model, engine.index
     H, B = arch.num_levels, len(hist)

@@ -49,7 +49,7 @@ class PlainModel(nn.Module):
 
 
 def compare(args) -> dict:
-    from sidgr.layout import training_layout
+    from sidgr.token_layout import training_layout
     from sidgr.training.config import ModelConfig, OptimizerConfig, ParallelConfig, model_arch
     from sidgr.training.dist import init_distributed, seed_everything, teardown
     from sidgr.training.model import build_model

@@ -5,7 +5,7 @@ import torch
 from sidgr.arch import ModelArch
 from sidgr.errors import InputError
 from sidgr.inference.random_engine import random_mapping, random_state_dict
-from sidgr.inference.retrieve import Engine
+from sidgr.inference.engine import Engine
 from sidgr.inference.weights import EngineFiles
 
 SIZES = (8, 6, 5, 8)

@@ -37,7 +37,7 @@ def build_save_forward(tp: int, head_mode: str, out: Path, info) -> None:
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
 
-    from sidgr.layout import training_layout
+    from sidgr.token_layout import training_layout
     from sidgr.training.checkpoint import save_checkpoint
     from sidgr.training.config import ModelConfig, OptimizerConfig, ParallelConfig, model_arch
     from sidgr.training.dist import seed_everything
@@ -80,7 +80,7 @@ def test_engine_logits_equal_megatron(tmp_path, tp):
     from sidgr.inference.model import EngineModel
     from sidgr.inference.random_engine import random_mapping
     from sidgr.inference.weights import load_engine
-    from sidgr.layout import training_layout
+    from sidgr.token_layout import training_layout
 
     random_mapping(40, list(SIZES), seed=0).save(tmp_path / "sids")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={tp}",

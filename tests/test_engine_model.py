@@ -6,7 +6,7 @@ import torch
 
 from sidgr.arch import ModelArch
 from sidgr.errors import InputError
-from sidgr.layout import decode_position, prefill_layout, training_layout
+from sidgr.token_layout import decode_position, prefill_layout, training_layout
 from sidgr.sid.mapping import SIDMapping
 from sidgr.inference.kv_cache import BeamCache
 from sidgr.inference.model import EngineModel

@@ -9,7 +9,7 @@ import torch
 from sidgr.arch import ModelArch
 from sidgr.cli import main
 from sidgr.inference.random_engine import random_mapping, random_state_dict
-from sidgr.inference.retrieve import Engine
+from sidgr.inference.engine import Engine
 from sidgr.inference.retrieve_cli import FAIL_AFTER_ENV
 from sidgr.inference.weights import save_engine
 

@@ -16,7 +16,7 @@ from item_fixtures import write_synth  # noqa: E402
 from train_fixtures import torchrun  # noqa: E402
 
 from sidgr.errors import InputError  # noqa: E402
-from sidgr.layout import IGNORE  # noqa: E402
+from sidgr.token_layout import IGNORE  # noqa: E402
 from sidgr.sid.mapping import SIDMapping  # noqa: E402
 from sidgr.sid.prefix_index import PrefixIndex  # noqa: E402
 

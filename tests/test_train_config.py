@@ -58,14 +58,14 @@ def test_mapping_that_disagrees_with_the_config_fails_before_training(tmp_path):
 def test_mapping_level_count_mismatch_names_the_levels(tmp_path):
     from sidgr.errors import InputError
     from sidgr.sid.mapping import SIDMapping
-    from sidgr.training.train import check_mapping
+    from sidgr.training.train import config_codebook_sizes
 
     paths = write_dataset(tmp_path / "data", num_users=8)
     mapping = SIDMapping.load(paths["mapping"])
     with pytest.raises(InputError, match=r"sids.json: levels=3: the config expects 2 levels"):
-        check_mapping(ModelConfig(codebook_sizes=(8, 8)), mapping)
-    assert check_mapping(ModelConfig(codebook_sizes=()), mapping) == (8, 8, 4)
-    assert check_mapping(ModelConfig(codebook_sizes=(8, 8, 4)), mapping) == (8, 8, 4)
+        config_codebook_sizes(ModelConfig(codebook_sizes=(8, 8)), mapping)
+    assert config_codebook_sizes(ModelConfig(codebook_sizes=()), mapping) == (8, 8, 4)
+    assert config_codebook_sizes(ModelConfig(codebook_sizes=(8, 8, 4)), mapping) == (8, 8, 4)
 
 
 def test_resume_ignores_temporaries_and_incomplete_checkpoints(tmp_path):

@@ -27,7 +27,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from sidgr.arch import ModelArch
 from sidgr.errors import input_error
-from sidgr.layout import IGNORE
+from sidgr.token_layout import IGNORE
 from sidgr.sid.mapping import SIDMapping, first_duplicate_items
 from sidgr.sid.prefix_index import PrefixIndex
 from sidgr.training.model import layer_spec, padded_size, transformer_config

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
-from sidgr.layout import TokenBatch
+from sidgr.token_layout import TokenBatch
 from sidgr.training.dist import all_reduce_dp
 
 

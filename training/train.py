@@ -16,7 +16,7 @@ import torch
 
 from sidgr.errors import input_error
 from sidgr.io import atomic_path
-from sidgr.layout import IGNORE, TokenBatch, training_layout
+from sidgr.token_layout import IGNORE, TokenBatch, training_layout
 from sidgr.sid.mapping import SIDMapping
 
 
@@ -45,7 +45,7 @@ def load_configs(config_file: str, overrides) -> dict:
     return cfgs
 
 
-def check_mapping(model_cfg, mapping: SIDMapping) -> tuple[int, ...]:
+def config_codebook_sizes(model_cfg, mapping: SIDMapping) -> tuple[int, ...]:
     """The mapping's codebook sizes, after checking them against ModelConfig.codebook_sizes (when set)."""
     sizes = tuple(int(c) for c in mapping.codebook_sizes)
     want = tuple(int(c) for c in model_cfg.codebook_sizes)
@@ -97,7 +97,7 @@ def train_step(ddp, model, optimizer, scheduler, tb, loss_fn=forward_loss) -> di
 
 
 @torch.no_grad()
-def evaluate(ddp, model, loader, arch, device, max_batches: int) -> dict:
+def validation_loss(ddp, model, loader, arch, device, max_batches: int) -> dict:
     """Validation token-mean cross-entropy of the target item ('last' mode: history + BOS + target codes)."""
     from sidgr.training.dist import all_reduce_dp
     from sidgr.training.loss import token_losses
@@ -137,7 +137,7 @@ class SIDGRTask:
     forward_loss = staticmethod(forward_loss)
 
     def validate(self, ddp, model, loader, device, max_batches: int) -> dict:
-        return evaluate(ddp, model, loader, self.arch_, device, max_batches)
+        return validation_loss(ddp, model, loader, self.arch_, device, max_batches)
 
 
 def make_task(model_cfg, mapping: SIDMapping):
@@ -233,7 +233,7 @@ def preflight(cfgs: dict):
             raise input_error(path, f"DataConfig.{field_name}", path, "file does not exist")
     mapping = SIDMapping.load(dcfg.mapping_path)
     task = make_task(mcfg, mapping)
-    arch = task.arch(model_arch(mcfg, check_mapping(mcfg, mapping), dcfg.max_items))
+    arch = task.arch(model_arch(mcfg, config_codebook_sizes(mcfg, mapping), dcfg.max_items))
     return mapping, task, arch
 
 

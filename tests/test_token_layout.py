@@ -1,7 +1,7 @@
-"""Token layout and attention masks shared by training and the engine (sidgr/layout.py)."""
+"""Token layout and attention masks shared by training and the engine (sidgr/token_layout.py)."""
 import torch
 
-from sidgr.layout import IGNORE, decode_position, prefill_layout, training_layout
+from sidgr.token_layout import IGNORE, decode_position, prefill_layout, training_layout
 
 OFFSETS = (0, 10, 20)  # three levels of 10 codes each
 SIDS = torch.tensor([

@@ -6,7 +6,7 @@ import os
 import torch
 
 from sidgr.errors import input_error
-from sidgr.layout import prefill_layout
+from sidgr.token_layout import prefill_layout
 from sidgr.sid.prefix_index import PrefixIndex
 
 from .beam import Ranked, beam_search, beam_widths, fully_seen_leaves, history_pairs, item_leaves, rank_items
