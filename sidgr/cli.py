@@ -14,13 +14,16 @@ from sidgr.errors import InputError
 
 # name -> (module, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "prepare": ("sidgr.data.prepare_cli", "Prepare a dataset (ml100k) into items + leave-one-out sequences parquet."),
+    "prepare": ("sidgr.data.prepare_cli", "Prepare a dataset (ml100k, beauty, ml1m) into items + leave-one-out sequences parquet."),
     "synth": ("sidgr.data.synth_cli", "Make a synthetic clustered catalog with sequences, in the same formats."),
     "tokenize": ("sidgr.tokenize.cli", "Embed item text and quantize embeddings into semantic IDs (+ diagnostics)."),
     "train": ("sidgr.training.cli", "Train the SID-GR decoder with Megatron-Core under torchrun (TP/DP)."),
     "export": ("sidgr.inference.export_cli", "Export a training checkpoint (any TP/DP layout) to engine weights."),
     "retrieve": ("sidgr.inference.retrieve_cli", "Batch candidate retrieval with catalog-constrained wide beam search."),
     "evaluate": ("sidgr.evaluate_cli", "Item-level Recall/NDCG/HitRate/MRR with bootstrap CIs for ranked candidates."),
+    "score-items": ("sidgr.training.item_scoring", "Full-catalog candidates from an item-level model (SASRec-CE, SID-input)."),
+    "baseline": ("sidgr.baselines", "Non-learned baselines (popularity) in the candidates format."),
+    "report": ("sidgr.report", "Comparison table with CIs and plots (training curves, recall vs beam width)."),
 }
 
 
@@ -35,7 +38,8 @@ def _top_level_help() -> str:
 def build_parser(command: str) -> tuple[argparse.ArgumentParser, object]:
     module_name, desc = COMMANDS[command]
     module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"sidgr {command}", description=desc)
+    parser = argparse.ArgumentParser(prog=f"sidgr {command}", description=desc,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     module.add_arguments(parser)
     return parser, module
 
@@ -44,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_top_level_help())
+        return 0
+    if argv[0] == "--version":
+        from importlib.metadata import version
+        print(f"sidgr {version('sidgr')}")
         return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:

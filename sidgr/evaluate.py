@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sidgr import metrics as M
+from sidgr.data.readers import Candidates, read_candidates, read_num_items, read_targets
+from sidgr.data.sequences import SequenceBatch
 from sidgr.errors import input_error
 from sidgr.io import atomic_path, write_json
 
@@ -36,87 +37,7 @@ CONVENTIONS = {
 }
 
 
-@dataclass(frozen=True)
-class UserLists:
-    user_ids: np.ndarray  # [U] int64
-    lists: M.Ragged
-
-
-def list_column(table: pa.Table, name: str, source) -> M.Ragged:
-    column = table.column(name).combine_chunks()
-    if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)) or not pa.types.is_integer(
-            column.type.value_type):
-        raise input_error(source, name, str(column.type), "expected a list of integer item ids")
-    lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy().astype(np.int64)
-    flat = column.flatten()
-    if flat.null_count:
-        raise input_error(source, name, None, "null item id inside a list")
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    return M.Ragged(flat.to_numpy().astype(np.int64), offsets)
-
-
-def _target_column(table: pa.Table, source) -> M.Ragged:
-    """`target` as one int64 per user (leave-one-out) or a list of item ids per user (several targets)."""
-    column = table.column("target").combine_chunks()
-    if pa.types.is_integer(column.type):
-        if column.null_count:
-            raise input_error(source, "target", None, "null target")
-        values = column.to_numpy().astype(np.int64)
-        return M.Ragged(values, np.arange(len(values) + 1, dtype=np.int64))
-    return list_column(table, "target", source)
-
-
-def user_id_column(table: pa.Table, source) -> np.ndarray:
-    column = table.column("user_id").combine_chunks()
-    if not pa.types.is_integer(column.type) or column.null_count:
-        raise input_error(source, "user_id", str(column.type), "expected non-null integer user ids")
-    ids = column.to_numpy().astype(np.int64)
-    uniq, counts = np.unique(ids, return_counts=True)
-    if len(uniq) != len(ids):
-        raise input_error(source, "user_id", int(uniq[counts > 1][0]), "appears in more than one row")
-    return ids
-
-
-def read_columns(path, columns: list[str], optional: tuple[str, ...] = ()) -> pa.Table:
-    path = Path(path)
-    if not path.exists():
-        raise input_error(path, "path", str(path), "file does not exist")
-    names = pq.read_schema(path).names
-    missing = [c for c in columns if c not in names]
-    if missing:
-        raise input_error(path, "columns", names, f"missing required column(s) {missing}")
-    return pq.read_table(path, columns=columns + [c for c in optional if c in names])
-
-
-def load_candidates(path) -> UserLists:
-    table = read_columns(path, ["user_id", "item_ids"])
-    return UserLists(user_id_column(table, path), list_column(table, "item_ids", path))
-
-
-def load_targets(path) -> tuple[UserLists, M.Ragged | None]:
-    """Target sets per user, and the users' histories (`item_ids`) when the file has them."""
-    table = read_columns(path, ["user_id", "target"], optional=("item_ids",))
-    users = user_id_column(table, path)
-    history = list_column(table, "item_ids", path) if "item_ids" in table.column_names else None
-    return UserLists(users, _target_column(table, path)), history
-
-
-def resolve_num_items(items: str | int) -> int:
-    """`items` is the catalog size N, or an items parquet whose item_id column is exactly 0..N-1."""
-    if isinstance(items, int) or str(items).isdigit():
-        n = int(items)
-        if n <= 0:
-            raise input_error("--items", "N", n, "catalog size must be positive")
-        return n
-    table = read_columns(items, ["item_id"])
-    ids = np.sort(table.column("item_id").to_numpy())
-    if len(ids) == 0 or not np.array_equal(ids, np.arange(len(ids))):
-        raise input_error(items, "item_id", f"{len(ids)} rows", "item ids must be exactly 0..N-1")
-    return len(ids)
-
-
-def align_to_targets(candidates: UserLists, target_users: np.ndarray, source) -> tuple[M.Ragged, int]:
+def align_to_targets(candidates: Candidates, target_users: np.ndarray, source) -> tuple[M.Ragged, int]:
     """Candidate lists in target-user order (empty for users without a row), and how many users lacked a row."""
     order = np.argsort(candidates.user_ids, kind="stable")
     sorted_ids = candidates.user_ids[order]
@@ -129,7 +50,7 @@ def align_to_targets(candidates: UserLists, target_users: np.ndarray, source) ->
         slot = np.minimum(np.searchsorted(sorted_ids, target_users), len(sorted_ids) - 1)
         found = sorted_ids[slot] == target_users
         rows[found] = order[slot[found]]
-    return candidates.lists.take(rows), int((rows < 0).sum())
+    return candidates.items.take(rows), int((rows < 0).sum())
 
 
 def history_overlap(candidates: M.Ragged, history: M.Ragged, num_items: int) -> tuple[int, int]:
@@ -144,61 +65,73 @@ def history_overlap(candidates: M.Ragged, history: M.Ragged, num_items: int) -> 
     return int(inside.sum()), first
 
 
+@dataclass(frozen=True)
+class Scored:
+    """Per-user metrics of candidate lists aligned to the target users, and what was checked on the way."""
+
+    per_user: dict[str, np.ndarray]  # metric -> [U]
+    marked: M.Marked
+    lists: M.Ragged  # candidates in target-user order
+    num_missing: int  # target users without a candidates row
+    num_in_history: int | None  # candidates found in their user's history (None: no history column)
+
+
+def score_candidates(candidates: Candidates, targets: SequenceBatch, num_items: int, ks=M.DEFAULT_KS,
+                     exclude_history: bool = False, source="candidates", history_known: bool = True) -> Scored:
+    """The one scoring path: align lists to the target users, verify history exclusion, compute metrics.
+    Used by `sidgr evaluate` and by validation during training, so the two can never disagree."""
+    lists, num_missing = align_to_targets(candidates, targets.user_ids, source)
+    if exclude_history and not history_known:
+        raise input_error(source, "item_ids", None, "excluding the history needs the targets' history column")
+    in_history, first = history_overlap(lists, targets.items, num_items) if history_known else (None, -1)
+    if exclude_history and in_history:
+        user = int(targets.user_ids[lists.row_ids()[first]])
+        raise input_error(source, "item_ids", int(lists.values[first]),
+                          f"is in the history of user {user} but the history was to be excluded "
+                          f"({in_history} such candidates)")
+    marked = M.mark_candidates(lists, targets.targets, num_items)
+    return Scored(M.per_user_metrics(marked, ks), marked, lists, num_missing, in_history)
+
+
 def evaluate(candidates_path, targets_path, items, exclude_history: bool = False, ks=M.DEFAULT_KS,
              bootstrap: int = 1000, seed: int = 0) -> tuple[dict, dict[str, np.ndarray], np.ndarray]:
     """Returns (report dict, per-user metric arrays, evaluated user ids)."""
     ks = tuple(sorted(set(int(k) for k in ks)))
     if not ks or ks[0] <= 0:
         raise input_error("--ks", "ks", ks, "cutoffs must be positive integers")
-    num_items = resolve_num_items(items)
-    cands = load_candidates(candidates_path)
-    targets, history = load_targets(targets_path)
-    if len(targets.user_ids) == 0:
+    num_items = read_num_items(items)
+    cands = read_candidates(candidates_path)
+    targets, history_known = read_targets(targets_path, num_items)
+    if targets.num_users == 0:
         raise input_error(targets_path, "user_id", 0, "no target users to evaluate")
-    bad = (targets.lists.values < 0) | (targets.lists.values >= num_items)
-    if bad.any():
-        raise input_error(targets_path, "target", int(targets.lists.values[bad][0]),
-                          f"outside the catalog 0..{num_items - 1}")
-    lists, num_missing = align_to_targets(cands, targets.user_ids, candidates_path)
-
-    in_history = None
-    if history is not None:
-        in_history, first = history_overlap(lists, history, num_items)
-        if exclude_history and in_history:
-            user = int(targets.user_ids[lists.row_ids()[first]])
-            raise input_error(candidates_path, "item_ids", int(lists.values[first]),
-                              f"is in the history of user {user} but --exclude-history was given "
-                              f"({in_history} such candidates)")
-    elif exclude_history:
-        raise input_error(targets_path, "item_ids", None, "--exclude-history needs the users' history column")
-
-    marked = M.mark_candidates(lists, targets.lists, num_items)
-    per_user = M.per_user_metrics(marked, ks)
+    scored = score_candidates(cands, targets, num_items, ks, exclude_history, candidates_path, history_known)
+    lists, marked = scored.lists, scored.marked
     report = {
         "protocol": {
             "ranking": "full-catalog",
             "history_excluded": bool(exclude_history),
             "history_check": ("verified: no candidate is in its user's history" if exclude_history
-                              else "not required; candidates found in history are counted below"),
+                              else f"not required; {scored.num_in_history} candidates were in their user's "
+                                   f"history (counted in candidates.num_in_history)"),
             "conventions": CONVENTIONS,
         },
         "inputs": {"candidates": str(candidates_path), "targets": str(targets_path), "num_items": num_items},
         "ks": list(ks),
         "users": {
-            "evaluated": int(len(targets.user_ids)),
-            "without_candidates": num_missing,
+            "evaluated": int(targets.num_users),
+            "without_candidates": scored.num_missing,
             "with_empty_list": int((np.diff(lists.offsets) == 0).sum()),
             "targets_per_user_max": int(marked.num_targets.max()),
             "targets_total": int(marked.num_targets.sum()),
         },
-        "candidates": {**M.list_quality(marked), "num_in_history": in_history,
+        "candidates": {**M.list_quality(marked), "num_in_history": scored.num_in_history,
                        "list_length_max": int(np.diff(lists.offsets).max())},
         "bootstrap": {"samples": int(bootstrap), "seed": int(seed), "level": 0.95, "method": "percentile",
                       "unit": "users, resampled with replacement"},
-        "metrics": M.bootstrap_ci(per_user, bootstrap, seed),
+        "metrics": M.bootstrap_ci(scored.per_user, bootstrap, seed),
         "coverage": M.coverage_at(marked, num_items, ks),
     }
-    return report, per_user, targets.user_ids
+    return report, scored.per_user, targets.user_ids
 
 
 def _fmt(stat: dict) -> str:

@@ -17,46 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sidgr.data.ragged import Ragged
+
 DEFAULT_KS = (1, 5, 10, 20, 50)
-
-
-@dataclass(frozen=True)
-class Ragged:
-    """Per-user lists in CSR form: user u's entries are `values[offsets[u]:offsets[u + 1]]`."""
-
-    values: np.ndarray  # [E] int64
-    offsets: np.ndarray  # [U + 1] int64, offsets[0] == 0, non-decreasing
-
-    @staticmethod
-    def from_lists(lists) -> "Ragged":
-        lengths = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
-        offsets = np.zeros(len(lists) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        values = np.fromiter((v for x in lists for v in x), dtype=np.int64, count=int(offsets[-1]))
-        return Ragged(values, offsets)
-
-    @property
-    def num_rows(self) -> int:
-        return len(self.offsets) - 1
-
-    def row_ids(self) -> np.ndarray:
-        return np.repeat(np.arange(self.num_rows, dtype=np.int64), np.diff(self.offsets))
-
-    def positions(self) -> np.ndarray:
-        """0-based position of every entry inside its own row."""
-        return np.arange(len(self.values), dtype=np.int64) - np.repeat(self.offsets[:-1], np.diff(self.offsets))
-
-    def take(self, rows: np.ndarray) -> "Ragged":
-        """Rows in the order given; a row index of -1 yields an empty row."""
-        rows = np.asarray(rows, dtype=np.int64)
-        present = rows >= 0
-        safe = np.where(present, rows, 0)
-        lengths = np.where(present, self.offsets[safe + 1] - self.offsets[safe], 0)
-        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        starts = np.repeat(self.offsets[safe], lengths)
-        within = np.arange(int(offsets[-1]), dtype=np.int64) - np.repeat(offsets[:-1], lengths)
-        return Ragged(self.values[starts + within], offsets)
 
 
 @dataclass(frozen=True)

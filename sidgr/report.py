@@ -1,9 +1,9 @@
 """The final comparison: a markdown table with confidence intervals, and PNG plots.
 
-    python -m sidgr.report table --run popularity=runs/pop/eval --run sid-gr=runs/gr/eval --out results/
-    python -m sidgr.report curves --run sasrec=runs/sasrec/metrics.jsonl --run sid-gr=runs/gr/metrics.jsonl \
+    sidgr report table --run popularity=runs/pop/eval --run sid-gr=runs/gr/eval --out results/
+    sidgr report curves --run sasrec=runs/sasrec/metrics.jsonl --run sid-gr=runs/gr/metrics.jsonl \
         --out results/
-    python -m sidgr.report beam --exact runs/gr/eval_exact --beam 16=runs/gr/eval_w16 --beam 256=runs/gr/eval_w256 \
+    sidgr report beam --exact runs/gr/eval_exact --beam 16=runs/gr/eval_w16 --beam 256=runs/gr/eval_w256 \
         --out results/
 
 `--run NAME=PATH` takes an evaluation directory (or its metrics.json) for `table`, and a trainer `metrics.jsonl`
@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from sidgr.errors import InputError, input_error
+from sidgr.errors import input_error
 from sidgr.io import atomic_path
 
 DEFAULT_COLUMNS = ("recall@10", "ndcg@10", "recall@50", "coverage@10")
@@ -216,53 +215,48 @@ def _named(pairs: list[str], flag: str) -> dict[str, str]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sidgr.report", description=__doc__.split("\n\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="what", required=True)
-    table = sub.add_parser("table", help="markdown comparison table (comparison.md) from evaluation outputs")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    table = sub.add_parser("table", help="markdown comparison table (comparison.md) from evaluation outputs",
+                           formatter_class=fmt)
     table.add_argument("--run", action="append", required=True, help="NAME=EVAL_DIR (repeat; row order kept)")
     table.add_argument("--columns", default=",".join(DEFAULT_COLUMNS))
     table.add_argument("--paired-baseline", default=None,
                        help="NAME of a run: add each run's Recall@10 difference to it with a paired bootstrap CI")
-    curves = sub.add_parser("curves", help="training loss and validation Recall@10 over steps")
+    curves = sub.add_parser("curves", help="training loss and validation Recall@10 over steps", formatter_class=fmt)
     curves.add_argument("--run", action="append", required=True, help="NAME=metrics.jsonl (repeat)")
-    beam = sub.add_parser("beam", help="recall vs beam width, beam vs exact")
+    beam = sub.add_parser("beam", help="recall vs beam width, beam vs exact", formatter_class=fmt)
     beam.add_argument("--beam", action="append", required=True, help="WIDTH=EVAL_DIR (repeat)")
     beam.add_argument("--exact", help="EVAL_DIR of the exact ranking")
     beam.add_argument("--metric", default="recall@10")
     for p in (table, curves, beam):
         p.add_argument("--out", required=True, help="output directory")
-    args = parser.parse_args(argv)
-    try:
-        if args.what == "table":
-            dirs = _named(args.run, "--run")
-            reports = {name: load_report(path) for name, path in dirs.items()}
-            text = comparison_table(reports, tuple(c for c in args.columns.split(",") if c))
-            if args.paired_baseline:  # resampled like the baseline's own CIs (the table's footnote says how)
-                boot = reports.get(args.paired_baseline, {}).get("bootstrap", {})
-                text = with_paired_column(text, dirs, args.paired_baseline, num_samples=boot.get("samples", 1000),
-                                          seed=boot.get("seed", 0))
-            path = Path(args.out) / "comparison.md"
-            with atomic_path(path) as tmp:
-                tmp.write_text(text)
-            print(text)
-            written = [path]
-        elif args.what == "curves":
-            written = plot_curves({n: read_jsonl(p) for n, p in _named(args.run, "--run").items()}, args.out)
-        else:
-            points = {}
-            for width, path in _named(args.beam, "--beam").items():
-                if not width.isdigit():
-                    raise input_error("--beam", "width", width, "expected a positive integer")
-                points[int(width)] = load_report(path)
-            exact = load_report(args.exact) if args.exact else None
-            written = [plot_recall_vs_beam(points, exact, Path(args.out) / "recall_vs_beam.png", args.metric)]
-    except InputError as err:
-        print(f"sidgr.report: error: {err}", file=sys.stderr)
-        return 1
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.what == "table":
+        dirs = _named(args.run, "--run")
+        reports = {name: load_report(path) for name, path in dirs.items()}
+        text = comparison_table(reports, tuple(c for c in args.columns.split(",") if c))
+        if args.paired_baseline:  # resampled like the baseline's own CIs (the table's footnote says how)
+            boot = reports.get(args.paired_baseline, {}).get("bootstrap", {})
+            text = with_paired_column(text, dirs, args.paired_baseline, num_samples=boot.get("samples", 1000),
+                                      seed=boot.get("seed", 0))
+        path = Path(args.out) / "comparison.md"
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
+        print(text)
+        written = [path]
+    elif args.what == "curves":
+        written = plot_curves({n: read_jsonl(p) for n, p in _named(args.run, "--run").items()}, args.out)
+    else:
+        points = {}
+        for width, path in _named(args.beam, "--beam").items():
+            if not width.isdigit():
+                raise input_error("--beam", "width", width, "expected a positive integer")
+            points[int(width)] = load_report(path)
+        exact = load_report(args.exact) if args.exact else None
+        written = [plot_recall_vs_beam(points, exact, Path(args.out) / "recall_vs_beam.png", args.metric)]
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -39,6 +39,10 @@ class TokenBatch:
     def loss_mask(self) -> torch.Tensor:
         return self.labels != IGNORE
 
+    def model_inputs(self) -> tuple[torch.Tensor, ...]:
+        """The decoder's forward arguments."""
+        return self.tokens, self.is_bos, self.positions, self.attention_mask
+
 
 def build_layout(sids: torch.Tensor, code_present: torch.Tensor, bos_present: torch.Tensor,
                  level_offsets: tuple[int, ...] | list[int]) -> TokenBatch:

@@ -9,7 +9,9 @@ import pytest
 
 from sidgr import baselines, cli
 from sidgr.errors import InputError
-from sidgr.evaluate import evaluate, resolve_num_items
+from sidgr.data.readers import read_num_items as resolve_num_items
+from sidgr.data.ragged import Ragged
+from sidgr.evaluate import evaluate
 
 
 def write(path, **cols):
@@ -183,7 +185,7 @@ def test_popularity_excludes_history(tiny, tmp_path):
 def test_popularity_chunked_exclusion_matches_one_chunk():
     rng = np.random.default_rng(0)
     counts = rng.integers(0, 5, size=40)
-    hist = baselines.Ragged.from_lists([rng.choice(40, size=rng.integers(0, 30), replace=False).tolist()
+    hist = Ragged.from_lists([rng.choice(40, size=rng.integers(0, 30), replace=False).tolist()
                                         for _ in range(25)])
     one, _ = baselines.popularity_candidates(counts, hist, 10, True)
     many, _ = baselines.popularity_candidates(counts, hist, 10, True, chunk_users=4)

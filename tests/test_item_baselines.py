@@ -97,16 +97,15 @@ def sid_input(synth):
 
 
 def _popularity_recall10(paths) -> float:
-    from sidgr.baselines import item_counts, popularity_candidates
-    from sidgr.evaluate import list_column, read_columns
-    from sidgr.metrics import Ragged, mark_candidates, per_user_metrics
+    from sidgr.baselines import popularity_candidates
+    from sidgr.data.readers import read_sequences, read_targets
+    from sidgr.metrics import mark_candidates, per_user_metrics
 
     n_items = pq.read_metadata(paths["items"]).num_rows
-    train = list_column(read_columns(paths["train"], ["item_ids"]), "item_ids", paths["train"])
-    test = read_columns(paths["test"], ["item_ids", "target"])
-    lists, _ = popularity_candidates(item_counts(train, n_items), list_column(test, "item_ids", "t"), 10, False)
-    targets = Ragged(test.column("target").to_numpy(), np.arange(test.num_rows + 1))
-    return float(per_user_metrics(mark_candidates(lists, targets, n_items), (10,))["recall@10"].mean())
+    counts = np.bincount(read_sequences(paths["train"]).item_ids, minlength=n_items)
+    test, _ = read_targets(paths["test"], n_items)
+    lists, _ = popularity_candidates(counts, test.items, 10, False)
+    return float(per_user_metrics(mark_candidates(lists, test.targets, n_items), (10,))["recall@10"].mean())
 
 
 @pytest.mark.parametrize("which", ["sasrec", "sid_input"])

@@ -14,7 +14,7 @@ import pytest
 
 from sidgr.cli import main as cli_main
 from sidgr.data import ml100k
-from sidgr.data.sequences import read_sequences
+from sidgr.data.readers import read_sequences
 from sidgr.errors import InputError
 
 NUM_USERS, NUM_ITEMS, NUM_INTER = 943, 1682, 100_000
@@ -76,7 +76,7 @@ def test_split_contract(out):
         np.testing.assert_array_equal(train.sequence(u), full[:-2])
         np.testing.assert_array_equal(valid.sequence(u), full[:-2])
         np.testing.assert_array_equal(test.sequence(u), full[:-1])
-        assert valid.targets[u] == full[-2] and test.targets[u] == full[-1]
+        assert valid.targets.values[u] == full[-2] and test.targets.values[u] == full[-1]
     full_ts = seq.timestamps[seq.offsets[1:] - 2]
     np.testing.assert_array_equal(test.timestamps[test.offsets[1:] - 1], full_ts)  # timestamps stay aligned
     assert pq.read_schema(out / "valid.parquet").field("target").type == "int64"

@@ -9,7 +9,9 @@ import pytest
 
 from sidgr.cli import main as cli_main
 from sidgr.data import synth
-from sidgr.data.sequences import SequenceBatch, iter_sequence_batches, read_sequences, split_leave_one_out
+from sidgr.data.ragged import Ragged
+from sidgr.data.readers import iter_sequence_batches, read_sequences
+from sidgr.data.sequences import SequenceBatch, split_leave_one_out
 from sidgr.data.synth import SynthConfig, synthesize
 from sidgr.errors import InputError
 
@@ -102,18 +104,18 @@ def test_split_contract(out):
         np.testing.assert_array_equal(train.sequence(u), full[:-2])
         np.testing.assert_array_equal(valid.sequence(u), full[:-2])
         np.testing.assert_array_equal(test.sequence(u), full[:-1])
-        assert (valid.targets[u], test.targets[u]) == (full[-2], full[-1])
+        assert (valid.targets.values[u], test.targets.values[u]) == (full[-2], full[-1])
 
 
 def test_split_drops_users_too_short():
     lengths = np.array([1, 2, 3, 5])
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     items = np.arange(offsets[-1]) + 100
-    splits = split_leave_one_out(SequenceBatch(np.array([10, 11, 12, 13]), offsets, items, items * 10))
+    splits = split_leave_one_out(SequenceBatch(np.array([10, 11, 12, 13]), Ragged(items, offsets), items * 10))
     assert splits["train"].user_ids.tolist() == [12, 13]
     assert splits["train"].item_ids.tolist() == [103, 106, 107, 108]
     assert splits["train"].timestamps.tolist() == [1030, 1060, 1070, 1080]
-    assert splits["valid"].targets.tolist() == [104, 109] and splits["test"].targets.tolist() == [105, 110]
+    assert splits["valid"].targets.values.tolist() == [104, 109] and splits["test"].targets.values.tolist() == [105, 110]
     assert splits["test"].item_ids.tolist() == [103, 104, 106, 107, 108, 109]
     assert splits["test"].offsets.tolist() == [0, 2, 6]
 
@@ -124,7 +126,7 @@ def test_streaming_reader_matches_whole_file(out):
     assert len(parts) == -(-CFG.users // 97)
     np.testing.assert_array_equal(np.concatenate([p.user_ids for p in parts]), whole.user_ids)
     np.testing.assert_array_equal(np.concatenate([p.item_ids for p in parts]), whole.item_ids)
-    np.testing.assert_array_equal(np.concatenate([p.targets for p in parts]), whole.targets)
+    np.testing.assert_array_equal(np.concatenate([p.targets.values for p in parts]), whole.targets.values)
     np.testing.assert_array_equal(np.concatenate([p.lengths for p in parts]), whole.lengths)
     assert all(p.offsets[0] == 0 and p.offsets[-1] == p.item_ids.shape[0] for p in parts)
 

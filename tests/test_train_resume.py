@@ -2,14 +2,14 @@
 overfitting a tiny dataset, and a model-shape mismatch on resume."""
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent / "dist"))
-from train_fixtures import read_checkpoint, train, write_dataset  # noqa: E402
+from train_fixtures import read_checkpoint, train, write_dataset
+
+pytestmark = [pytest.mark.dist, pytest.mark.slow]
 
 
 DIST_OPT = ("OptimizerConfig.use_distributed_optimizer=True",)
@@ -31,11 +31,6 @@ def flat(d, prefix=""):
             yield f"{prefix}{k}", v
 
 
-def ok(proc):
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return proc
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return write_dataset(tmp_path_factory.mktemp("train") / "data")
@@ -46,13 +41,13 @@ def straight_then_resumed(tmp_path_factory, data):
     """DP=2 with the distributed optimizer, 6 steps straight (checkpoints at 2, 4, 6; keep 2); then drop iter 6
     and --resume from iter 4 to 6. Dropout is on: every rank's RNG states must be restored too."""
     run = tmp_path_factory.mktemp("resume") / "run"
-    ok(train(2, run, data, *DIST_OPT, "TrainerConfig.save_interval=2"))
+    train(2, run, data, *DIST_OPT, "TrainerConfig.save_interval=2")
     ckpts = run / "checkpoints"
     assert sorted(p.name for p in ckpts.iterdir()) == ["iter_0000004", "iter_0000006"]  # iter 2 pruned
     straight = read_checkpoint(ckpts / "iter_0000006")
     straight_losses = train_losses(run)
     shutil.rmtree(ckpts / "iter_0000006")
-    ok(train(2, run, data, *DIST_OPT, "TrainerConfig.save_interval=2", resume=True))
+    train(2, run, data, *DIST_OPT, "TrainerConfig.save_interval=2", resume=True)
     return run, straight, straight_losses, read_checkpoint(ckpts / "iter_0000006")
 
 
@@ -91,7 +86,7 @@ def test_checkpoint_layout(straight_then_resumed):
 
 def test_resume_with_another_model_shape_names_the_tensor(straight_then_resumed, data):
     run = straight_then_resumed[0]
-    proc = train(1, run, data, "ModelConfig.ffn_hidden_size=48", *DIST_OPT, resume=True)
+    proc = train(1, run, data, "ModelConfig.ffn_hidden_size=48", *DIST_OPT, resume=True, check=False)
     assert proc.returncode != 0
     line = [x for x in proc.stderr.splitlines() if "sidgr train: error" in x]
     assert line, proc.stderr[-3000:]
@@ -102,11 +97,11 @@ def test_tp2_checkpoint_resumes_at_tp1(tmp_path, data):
     """TP=2 for 6 steps (checkpoints at 3, 6); then TP=1 resumes from iter 3: steps 4..6 give the same losses."""
     run = tmp_path / "run"
     no_dropout = ["ModelConfig.dropout=0.0"]
-    ok(train(2, run, data, "ParallelConfig.tensor_parallel=2", *no_dropout))
+    train(2, run, data, "ParallelConfig.tensor_parallel=2", *no_dropout)
     tp2 = train_losses(run)
     tp2_final = dict(flat(read_checkpoint(run / "checkpoints" / "iter_0000006")))
     shutil.rmtree(run / "checkpoints" / "iter_0000006")
-    ok(train(1, run, data, "ParallelConfig.tensor_parallel=1", *no_dropout, resume=True))
+    train(1, run, data, "ParallelConfig.tensor_parallel=1", *no_dropout, resume=True)
     tp1 = train_losses(run)
     assert sorted(tp1) == [1, 2, 3, 4, 5, 6]
     for step in (4, 5, 6):

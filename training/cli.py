@@ -28,7 +28,8 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.config).is_file():
         raise input_error(args.config, "--config", args.config, "gin file does not exist")
     # Check the config and the data in this process first: a bad input is one line, not a torchrun traceback.
-    from sidgr.training.train import load_configs, preflight
+    from sidgr.training.config import load_configs
+    from sidgr.training.task import preflight
     preflight(load_configs(args.config, args.overrides))
     os.environ.setdefault("WANDB_MODE", "offline")
     cmd = torchrun_command(args)

@@ -1,18 +1,28 @@
-"""CPU compatibility layer for Megatron-Core (see shared/notes/megatron-on-cpu.md).
+"""CPU compatibility layer for Megatron-Core (see shared/notes/megatron-on-cpu.md), scoped to a context.
 
 Megatron-Core assumes CUDA: it seeds and forks the CUDA RNG, places buffers on `torch.cuda.current_device()`,
 creates tensors with `device='cuda'` or `.cuda()`, synchronizes streams and asserts `torch.cuda.FloatTensor`.
-`apply_cpu_compat()` makes all of that land on the CPU, process-wide, so the trainer's code is the same on CPU and
-GPU. Call it only when CUDA is absent, right after `initialize_model_parallel` and before seeding.
+Inside `with cpu_compat():` all of that lands on the CPU, so the trainer's code is the same on CPU and GPU:
+- `torch.cuda.{current_device, synchronize, empty_cache, current_stream, default_stream, Stream, Event, stream,
+  manual_seed, manual_seed_all}` become CPU stand-ins / no-ops;
+- `torch.Tensor.type()` names CPU float tensors `torch.cuda.*Tensor` (Megatron's type asserts);
+- a `TorchFunctionMode` (`CpuDeviceRemap`) rewrites CUDA device arguments to the CPU;
+- Megatron's RNG-tracker globals (`megatron.core.tensor_parallel.random._CUDA_RNG_STATE_TRACKER[_INITIALIZED]`)
+  point at a `CpuRNGStatesTracker`.
+Importing this module patches nothing. Entering applies the patches; leaving restores the exact original objects
+(attributes that did not exist are deleted again), pops the function mode and restores the RNG-tracker globals.
+Entering again while active only counts (nesting): the outermost exit restores. The state is process-wide and
+the function mode belongs to the entering thread: enter and exit on the same thread, CPU-only processes only.
+`sidgr.training.dist.init_distributed` enters it on CPU and `teardown()` leaves it.
 """
 from __future__ import annotations
 
 import contextlib
 
 import torch
-from torch.overrides import TorchFunctionMode
+from torch.overrides import TorchFunctionMode, _get_current_function_mode_stack
 
-_APPLIED = False
+_MISSING = object()
 _CPU = torch.device("cpu")
 
 
@@ -109,36 +119,99 @@ def _cuda_type_alias(original):
     return tensor_type
 
 
-def _patch_cuda_module():
-    cuda = torch.cuda
-    cuda.current_device = lambda: _CPU
-    cuda.synchronize = lambda *a, **k: None
-    cuda.empty_cache = lambda *a, **k: None
-    cuda.current_stream = lambda *a, **k: _NullStream()
-    cuda.default_stream = lambda *a, **k: _NullStream()
-    cuda.Stream = lambda *a, **k: _NullStream()
-    cuda.Event = lambda *a, **k: _NullStream()
-    cuda.stream = lambda *a, **k: contextlib.nullcontext()
-    cuda.manual_seed = lambda seed: None
-    cuda.manual_seed_all = lambda seed: None
+_CUDA_STANDINS = {
+    "current_device": lambda: _CPU,
+    "synchronize": lambda *a, **k: None,
+    "empty_cache": lambda *a, **k: None,
+    "current_stream": lambda *a, **k: _NullStream(),
+    "default_stream": lambda *a, **k: _NullStream(),
+    "Stream": lambda *a, **k: _NullStream(),
+    "Event": lambda *a, **k: _NullStream(),
+    "stream": lambda *a, **k: contextlib.nullcontext(),
+    "manual_seed": lambda seed: None,
+    "manual_seed_all": lambda seed: None,
+}
 
 
-def _install_rng_tracker():
+class _Patches:
+    """Process-wide record of what the layer replaced: (owner, name, value in owner.__dict__ or _MISSING)."""
+
+    def __init__(self):
+        self.depth = 0
+        self.saved: list[tuple[object, str, object]] = []
+        self.mode: CpuDeviceRemap | None = None
+
+    def set(self, owner, name: str, value) -> None:
+        self.saved.append((owner, name, vars(owner).get(name, _MISSING)))
+        setattr(owner, name, value)
+
+    def restore(self) -> None:
+        while self.saved:
+            owner, name, old = self.saved.pop()
+            if old is _MISSING:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, old)
+
+
+_STATE = _Patches()
+
+
+def _apply(state: _Patches) -> None:
     from megatron.core.tensor_parallel import random as mp_random
 
-    mp_random._CUDA_RNG_STATE_TRACKER = CpuRNGStatesTracker()
-    mp_random._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
+    for name, standin in _CUDA_STANDINS.items():
+        state.set(torch.cuda, name, standin)
+    state.set(torch.Tensor, "type", _cuda_type_alias(torch.Tensor.type))
+    state.set(mp_random, "_CUDA_RNG_STATE_TRACKER", CpuRNGStatesTracker())
+    state.set(mp_random, "_CUDA_RNG_STATE_TRACKER_INITIALIZED", True)
+    mode = CpuDeviceRemap()
+    mode.__enter__()
+    state.mode = mode
 
 
-def apply_cpu_compat() -> None:
-    """Idempotent; process-wide. Never call it where CUDA is available."""
-    global _APPLIED
-    if _APPLIED:
-        return
-    if torch.cuda.is_available():
-        raise RuntimeError("apply_cpu_compat() is for CPU-only processes")
-    _patch_cuda_module()
-    torch.Tensor.type = _cuda_type_alias(torch.Tensor.type)
-    _install_rng_tracker()
-    CpuDeviceRemap().__enter__()  # stays active for the life of the process
-    _APPLIED = True
+def _check_mode_on_top(state: _Patches) -> None:
+    stack = _get_current_function_mode_stack()
+    if not stack or stack[-1] is not state.mode:
+        raise RuntimeError("cpu_compat exit: CpuDeviceRemap is not the innermost torch function mode (a mode "
+                           "entered inside the context is still active, or another thread exits); nothing restored")
+
+
+def _remove(state: _Patches) -> None:
+    _check_mode_on_top(state)
+    state.mode.__exit__(None, None, None)
+    state.mode = None
+    state.restore()
+
+
+def is_active() -> bool:
+    return _STATE.depth > 0
+
+
+class CpuCompat:
+    """`with CpuCompat():` the layer is active; nested entries only count, the outermost exit restores."""
+
+    def __enter__(self) -> "CpuCompat":
+        if _STATE.depth == 0:
+            if torch.cuda.is_available():
+                raise RuntimeError("cpu_compat() is for CPU-only processes")
+            try:
+                _apply(_STATE)
+            except BaseException:
+                _STATE.restore()
+                raise
+        _STATE.depth += 1
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        if _STATE.depth == 0:
+            raise RuntimeError("cpu_compat exit without a matching enter")
+        if _STATE.depth == 1:
+            _remove(_STATE)
+        _STATE.depth -= 1
+        return False
+
+
+def cpu_compat() -> CpuCompat:
+    """The context manager that applies the layer (see the module docstring). Never use it where CUDA is present."""
+    return CpuCompat()

@@ -7,6 +7,7 @@ so no binding can be silently ignored.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import gin
@@ -100,3 +101,16 @@ def parse_config(config_file: str | None, bindings: list[str] | tuple = ()) -> N
         if scope or name not in BUILT_CONFIGURABLES:
             raise input_error(source, "gin binding", f"{scope + '/' if scope else ''}{selector}",
                               f"never used by the trainer (it builds only {', '.join(BUILT_CONFIGURABLES)})")
+
+
+def load_configs(config_file: str, overrides) -> dict:
+    """Parse a gin file plus overrides -> {trainer, model, optim, parallel, data, config_str (operative gin)}."""
+    from sidgr.training.loader_config import DataConfig
+
+    if not Path(config_file).is_file():
+        raise input_error(config_file, "--config", config_file, "gin file does not exist")
+    parse_config(config_file, overrides)
+    cfgs = dict(trainer=TrainerConfig(), model=ModelConfig(), optim=OptimizerConfig(), parallel=ParallelConfig(),
+                data=DataConfig())
+    cfgs["config_str"] = gin.operative_config_str()
+    return cfgs

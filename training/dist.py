@@ -2,9 +2,13 @@
 
 Works under torchrun (RANK/WORLD_SIZE/LOCAL_RANK set) and in a plain single process (a world of one).
 On CPU: gloo + the CPU compatibility layer; on GPU: NCCL, one device per local rank.
+On CPU `init_distributed` enters `compat.cpu_compat()` (held in module state, entered once however often
+init_distributed is called) and `teardown()` leaves it, so the process is unpatched again afterwards.
+`distributed(tp)` is the same pair as a context manager.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from dataclasses import dataclass
@@ -27,6 +31,24 @@ class DistInfo:
     @property
     def is_rank0(self) -> bool:
         return self.rank == 0
+
+
+_COMPAT = None  # the compat.CpuCompat that init_distributed entered (CPU only); teardown() leaves it
+
+
+def _enter_cpu_compat() -> None:
+    global _COMPAT
+    if _COMPAT is None:
+        from sidgr.training.compat import cpu_compat
+
+        _COMPAT = cpu_compat().__enter__()
+
+
+def _exit_cpu_compat() -> None:
+    global _COMPAT
+    if _COMPAT is not None:
+        _COMPAT.__exit__(None, None, None)  # raises (and keeps _COMPAT, to retry) if it cannot restore
+        _COMPAT = None
 
 
 def _free_port() -> int:
@@ -57,8 +79,7 @@ def init_distributed(tensor_parallel: int) -> DistInfo:
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(minutes=10))
     ps.initialize_model_parallel(tensor_model_parallel_size=tensor_parallel)
     if not use_cuda:
-        from sidgr.training.compat import apply_cpu_compat
-        apply_cpu_compat()
+        _enter_cpu_compat()
     return DistInfo(rank=dist.get_rank(), world_size=world,
                     tp_rank=ps.get_tensor_model_parallel_rank(), tp_size=tensor_parallel,
                     dp_rank=ps.get_data_parallel_rank(), dp_size=ps.get_data_parallel_world_size(),
@@ -96,9 +117,23 @@ def barrier() -> None:
 
 
 def teardown() -> None:
+    """Undo init_distributed: parallel_state, the process group, then (CPU) the compat layer. Idempotent."""
     from megatron.core import parallel_state as ps
 
-    if ps.model_parallel_is_initialized():
-        ps.destroy_model_parallel()
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    try:
+        if ps.model_parallel_is_initialized():
+            ps.destroy_model_parallel()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    finally:
+        _exit_cpu_compat()
+
+
+@contextlib.contextmanager
+def distributed(tensor_parallel: int):
+    """`with distributed(tp) as info:` = init_distributed(tp) ... teardown()."""
+    info = init_distributed(tensor_parallel)
+    try:
+        yield info
+    finally:
+        teardown()

@@ -30,7 +30,7 @@ from sidgr.errors import input_error
 from sidgr.token_layout import IGNORE
 from sidgr.sid.mapping import SIDMapping, first_duplicate_items
 from sidgr.sid.prefix_index import PrefixIndex
-from sidgr.training.model import layer_spec, padded_size, transformer_config
+from sidgr.training.model import layer_spec, padded_size, transformer_config, vocab_slice_logits
 
 ITEM_INPUTS = ("id", "rqsum", "prefixn", "rqsum+id", "prefixn+id")
 
@@ -111,6 +111,9 @@ class ItemBatch:
     @property
     def loss_mask(self) -> torch.Tensor:
         return self.labels != IGNORE
+
+    def model_inputs(self) -> tuple[torch.Tensor, ...]:
+        return self.pids, self.positions, self.attention_mask
 
     def to(self, device) -> "ItemBatch":
         return ItemBatch(*(getattr(self, f).to(device) for f in ItemBatch.__dataclass_fields__))
@@ -240,14 +243,7 @@ class ItemSeqModel(MegatronModule):
 
     def item_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [n, hidden] -> this rank's slice of the item logits [n, N_padded / TP] in fp32, padding masked."""
-        logits, _ = self.head(hidden.unsqueeze(1))
-        logits = logits.squeeze(1).float()
-        per_rank = logits.shape[-1]
-        start = ps.get_tensor_model_parallel_rank() * per_rank
-        if start + per_rank > self.num_items:
-            col = torch.arange(start, start + per_rank, device=logits.device)
-            logits = logits.masked_fill(col >= self.num_items, torch.finfo(torch.float32).min)
-        return logits
+        return vocab_slice_logits(self.head, hidden, self.num_items)
 
     def full_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[n, hidden] -> [n, N] logits over the whole catalog (gathered over TP; for scoring, no gradient)."""
@@ -263,7 +259,6 @@ def build_item_model(model_cfg, arch: ModelArch, catalog: ItemCatalog, item_inpu
     return ItemSeqModel(config, arch, catalog, item_input, model_cfg.vocab_pad_multiple).to(device)
 
 
-# ---- loss and validation -------------------------------------------------------------------------------------
 def item_token_losses(model: ItemSeqModel, hidden: torch.Tensor, ib: ItemBatch):
     """hidden [S, B, hidden] -> the trainer's TokenLosses (per-label fp32 vocab-parallel CE, row-major order)."""
     from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
@@ -273,98 +268,3 @@ def item_token_losses(model: ItemSeqModel, hidden: torch.Tensor, ib: ItemBatch):
     rows, cols = ib.loss_mask.nonzero(as_tuple=True)
     losses = vocab_parallel_cross_entropy(model.item_logits(hidden[cols, rows]), ib.labels[rows, cols])
     return TokenLosses(losses, torch.zeros_like(rows), rows, cols)
-
-
-def item_forward_loss(ddp, model: ItemSeqModel, ib: ItemBatch):
-    """Token-mean CE over the global batch (the trainer's `global_mean_loss`); returns (loss, global count)."""
-    from sidgr.training.dist import all_reduce_dp
-    from sidgr.training.loss import global_mean_loss
-
-    count = all_reduce_dp(ib.loss_mask.sum().to(device=ib.pids.device, dtype=torch.float32).reshape(1))
-    hidden = ddp(ib.pids, ib.positions, ib.attention_mask)
-    tl = item_token_losses(model, hidden, ib)
-    loss = global_mean_loss(tl, count)
-    if tl.losses.numel() == 0:
-        loss = loss + 0.0 * hidden.sum()  # keep the graph (and DDP's hooks) connected
-    return loss, count
-
-
-def exclude_items(scores: torch.Tensor, pids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Set scores [n, N] of each row's valid input items pids [n, S] to -inf."""
-    rows = torch.arange(scores.shape[0], device=scores.device).unsqueeze(1).expand_as(pids)
-    return scores.index_put((rows[valid], pids[valid]), torch.tensor(float("-inf"), device=scores.device))
-
-
-def top_k_items(model: ItemSeqModel, hidden: torch.Tensor, ib: ItemBatch, k: int,
-                exclude_history: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """hidden [S, B, hidden] -> (items [B, k], scores [B, k]) best first, from each row's query position.
-    Ties break toward the smaller item id (a stable sort)."""
-    rows = torch.arange(ib.pids.shape[0], device=hidden.device)
-    logits = model.full_logits(hidden[ib.query.clamp(min=0), rows])
-    if exclude_history:
-        logits = exclude_items(logits, ib.pids, ib.valid)
-    k = min(k, logits.shape[1])
-    scores, items = torch.sort(logits, dim=1, descending=True, stable=True)
-    return items[:, :k], scores[:, :k]
-
-
-@torch.no_grad()
-def evaluate_items(ddp, model: ItemSeqModel, loader, catalog: ItemCatalog, device, max_batches: int = 0,
-                   k: int = 10, exclude_history: bool = True) -> dict:
-    """Validation on the loader's appended target: CE of the target, and full-catalog Recall@k / NDCG@k
-    (sidgr.metrics, item ids) with the history excluded when asked. Summed over DP ranks."""
-    import numpy as np
-
-    from sidgr.metrics import Ragged, mark_candidates, per_user_metrics
-    from sidgr.training.dist import all_reduce_dp
-
-    ddp.eval()
-    total = torch.zeros(4, dtype=torch.float64)
-    for i, batch in enumerate(loader):
-        if max_batches and i >= max_batches:
-            break
-        pids = catalog.sids_to_pids(batch.sids, batch.lengths)
-        ib = next_item_layout(pids, batch.lengths, "last").to(device)
-        hidden = ddp(ib.pids, ib.positions, ib.attention_mask)
-        losses = item_token_losses(model, hidden, ib).losses
-        top, _ = top_k_items(model, hidden, ib, k, exclude_history)
-        real = (ib.query >= 0).nonzero(as_tuple=True)[0]
-        target = pids[real.cpu(), batch.lengths[real.cpu()] - 1].numpy()
-        n = len(real)
-        if n:
-            cands = Ragged(top[real].cpu().numpy().reshape(-1), np.arange(n + 1, dtype=np.int64) * top.shape[1])
-            m = per_user_metrics(mark_candidates(cands, Ragged(target, np.arange(n + 1, dtype=np.int64)),
-                                                 model.num_items), (k,))
-            total += torch.tensor([float(losses.double().sum()), float(n), m[f"recall@{k}"].sum(),
-                                   m[f"ndcg@{k}"].sum()], dtype=torch.float64)
-    ddp.train()
-    total = all_reduce_dp(total.to(device)).cpu()
-    n = float(total[1].clamp_min(1))
-    return {"valid_loss": float(total[0]) / n, f"valid_recall@{k}": float(total[2]) / n,
-            f"valid_ndcg@{k}": float(total[3]) / n}
-
-
-# ---- the trainer's hooks (ModelConfig.kind = 'item') ---------------------------------------------------------
-class ItemTask:
-    """What `training/train.py` calls instead of the SID-GR pieces when ModelConfig.kind == 'item'."""
-
-    def __init__(self, mapping: SIDMapping, item_input: str):
-        self.catalog = ItemCatalog.from_mapping(mapping)
-        self.item_input = item_input
-
-    def arch(self, arch: ModelArch) -> ModelArch:
-        return item_arch(arch, self.catalog, self.item_input)
-
-    def build(self, model_cfg, arch: ModelArch, tp: int, device) -> ItemSeqModel:
-        return build_item_model(model_cfg, arch, self.catalog, self.item_input, tp, device)
-
-    def batch(self, batch, loss_mode: str, device) -> ItemBatch:
-        pids = self.catalog.sids_to_pids(batch.sids, batch.lengths)
-        return next_item_layout(pids, batch.lengths, loss_mode).to(device)
-
-    @staticmethod
-    def forward_loss(ddp, model, ib: ItemBatch):
-        return item_forward_loss(ddp, model, ib)
-
-    def validate(self, ddp, model, loader, device, max_batches: int) -> dict:
-        return evaluate_items(ddp, model, loader, self.catalog, device, max_batches, k=10, exclude_history=True)

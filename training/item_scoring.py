@@ -1,13 +1,14 @@
-"""Full-catalog scoring of a trained item-level model (SASRec-CE / SID-input) -> retrieval candidates parquet.
+"""`sidgr score-items`: full-catalog scoring of a trained item-level model (SASRec-CE / SID-input) -> candidates.
 
-    python -m sidgr.training.item_scoring --checkpoint RUN_DIR[/checkpoints/iter_X] --queries test.parquet \
-        --out candidates.parquet [--top-k 50] [--exclude-history] [--batch-size 256] [--mapping sids.json]
-    (or under `torchrun --nproc_per_node=T`: the item head is split T ways, every rank sees every user)
+    sidgr score-items --checkpoint RUN_DIR[/checkpoints/iter_X] --sequences test.parquet --out cands.parquet \
+        [--k 50] [--include-history] [--batch-size 256] [--mapping sids.json]
+    (or `torchrun --nproc_per_node=T -m sidgr.training.item_scoring ...`: the item head is split T ways)
 
 Each user's history (`item_ids`) is cut to its most recent max_items - 1 items (what the model saw as input in
 training, where max_items counts the history plus the predicted item); the last one's hidden state scores all N
-items. Output: `user_id, item_ids (best first), scores` (raw logits; ties toward the smaller item id). With
---exclude-history every item of the *whole* history is removed. Users with an empty history get an empty list.
+items. Every item of the *whole* history is excluded unless --include-history (the same ranking as validation
+during training). Output: `user_id, item_ids (best first), scores` (raw logits; ties toward the smaller item id).
+Users with an empty history get an empty list.
 """
 from __future__ import annotations
 
@@ -18,8 +19,6 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
 
 from sidgr.errors import InputError, input_error
 
@@ -84,104 +83,34 @@ def load_weights(model, ckpt: Path) -> None:
     model.load_state_dict(state["model"])
 
 
-# ---- one batch of users --------------------------------------------------------------------------------------
-def recent_items(offsets: np.ndarray, values: np.ndarray, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """CSR histories -> (pids [U, keep] right-padded with -1, lengths [U]) of the most recent `keep` items."""
-    lens = np.minimum(np.diff(offsets), keep)
-    col = np.arange(keep)
-    take = col[None, :] < lens[:, None]
-    idx = (offsets[1:] - lens)[:, None] + col[None, :]
-    pids = np.full((len(lens), keep), -1, dtype=np.int64)
-    pids[take] = values[idx[take]]
-    return torch.from_numpy(pids), torch.from_numpy(lens.astype(np.int64))
-
-
-def mask_history(logits: torch.Tensor, offsets: np.ndarray, values: np.ndarray) -> torch.Tensor:
-    rows = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
-    idx = (torch.from_numpy(rows).to(logits.device), torch.from_numpy(values).to(logits.device))
-    return logits.index_put(idx, torch.tensor(float("-inf"), device=logits.device))
-
-
-@torch.no_grad()
-def score_batch(model, offsets: np.ndarray, values: np.ndarray, keep: int, k: int, exclude_history: bool,
-                device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """-> (items [U, k], scores [U, k], list length [U]); users without history get length 0."""
-    from sidgr.training.item_model import history_layout
-
-    pids, lengths = recent_items(offsets, values, keep)
-    ib = history_layout(pids, lengths).to(device)
-    hidden = model(ib.pids, ib.positions, ib.attention_mask)
-    rows = torch.arange(len(lengths), device=device)
-    logits = model.full_logits(hidden[ib.query.clamp(min=0), rows])
-    if exclude_history:
-        logits = mask_history(logits, offsets - offsets[0], values)
-    scores, items = torch.sort(logits, dim=1, descending=True, stable=True)
-    k = min(k, logits.shape[1])
-    items, scores = items[:, :k].cpu().numpy(), scores[:, :k].cpu().numpy()
-    n_ok = torch.isfinite(torch.from_numpy(scores)).sum(1).numpy()  # excluded items sort last as -inf
-    n_ok[lengths.numpy() == 0] = 0
-    return items, scores, n_ok
-
-
 # ---- the run -------------------------------------------------------------------------------------------------
-def _history(path, batch, num_items: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    col = batch.column("item_ids")
-    users = batch.column("user_id").to_numpy()
-    offsets = np.asarray(col.offsets, dtype=np.int64)
-    values = col.values.to_numpy(zero_copy_only=False).astype(np.int64)[offsets[0]:offsets[-1]]
-    bad = (values < 0) | (values >= num_items)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        row = int(np.searchsorted(offsets - offsets[0], i, side="right") - 1)
-        raise input_error(path, f"user_id={int(users[row])} item_ids", int(values[i]),
-                          f"outside the catalog 0..{num_items - 1}")
-    return users, offsets - offsets[0], values
-
-
-def score_file(model, queries, out, keep: int, k: int, exclude_history: bool, batch_size: int, device,
-               write: bool) -> dict:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+def score_file(model, queries, out, keep: int, k: int, batch_size: int, device, write: bool,
+               exclude_history: bool = True) -> dict:
+    """Rank the whole catalog for every user of `queries` -> candidates parquet `out`."""
     from tqdm import tqdm
 
-    from sidgr.io import atomic_path
+    from sidgr.data.readers import Candidates, CandidatesWriter, iter_sequence_batches, open_parquet
+    from sidgr.training.item_task import item_logits_for, rank_items
 
-    try:
-        pf = pq.ParquetFile(queries)
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise input_error(queries, "--queries", str(queries), f"cannot open as parquet ({exc})") from None
-    for name in ("user_id", "item_ids"):
-        if name not in pf.schema_arrow.names:
-            raise input_error(queries, "column", name, f"missing (the file has {pf.schema_arrow.names})")
-    schema = pa.schema([("user_id", pa.int64()), ("item_ids", pa.list_(pa.int64())),
-                        ("scores", pa.list_(pa.float32()))])
+    total = open_parquet(queries, ["user_id", "item_ids"]).metadata.num_rows
     users_done, empty = 0, 0
-    with (atomic_path(out) if write else contextlib.nullcontext()) as tmp:
-        writer = pq.ParquetWriter(tmp, schema) if write else None
-        bar = tqdm(total=pf.metadata.num_rows, desc="score", unit="user", disable=not write)
-        for batch in pf.iter_batches(batch_size=batch_size, columns=["user_id", "item_ids"]):
-            users, offsets, values = _history(queries, batch, model.num_items)
-            items, scores, n_ok = score_batch(model, offsets, values, keep, k, exclude_history, device)
+    with (CandidatesWriter(out) if write else contextlib.nullcontext()) as writer:
+        bar = tqdm(total=total, desc="score", unit="user", disable=not write)
+        for batch in iter_sequence_batches(queries, batch_size, num_items=model.num_items):
+            logits = item_logits_for(model, model, batch.items, keep, device)
+            items, scores = rank_items(logits, batch.items, k, exclude_history)
             if writer is not None:
-                keep_mask = np.arange(items.shape[1])[None, :] < n_ok[:, None]
-                list_offsets = pa.array(np.concatenate([[0], np.cumsum(n_ok)]).astype(np.int32))
-                writer.write_table(pa.table({
-                    "user_id": pa.array(users, pa.int64()),
-                    "item_ids": pa.ListArray.from_arrays(list_offsets, pa.array(items[keep_mask], pa.int64())),
-                    "scores": pa.ListArray.from_arrays(list_offsets, pa.array(scores[keep_mask], pa.float32())),
-                }, schema=schema))
-            users_done += len(users)
-            empty += int((np.diff(offsets) == 0).sum())
-            bar.update(len(users))
+                writer.write(Candidates(batch.user_ids, items, scores))
+            users_done += batch.num_users
+            empty += int((batch.lengths == 0).sum())
+            bar.update(batch.num_users)
         bar.close()
-        if writer is not None:
-            writer.close()
     return {"users": users_done, "users_without_history": empty, "top_k": k, "exclude_history": exclude_history,
             "history_items_used": keep}
 
 
-def score(checkpoint, queries, out, top_k: int = 50, exclude_history: bool = False, batch_size: int = 256,
-          mapping_path=None) -> dict:
+def score(checkpoint, queries, out, top_k: int = 50, batch_size: int = 256, mapping_path=None,
+          exclude_history: bool = True) -> dict:
     import torch.distributed as dist
 
     from sidgr.training.dist import init_distributed, seed_everything, teardown
@@ -199,8 +128,8 @@ def score(checkpoint, queries, out, top_k: int = 50, exclude_history: bool = Fal
         model = build_item_model(mcfg, arch, catalog, arch.extra["item_input"], info.tp_size, info.device)
         load_weights(model, ckpt)
         model.eval()
-        summary = score_file(model, queries, out, arch.max_items - 1, top_k, exclude_history, batch_size,
-                             info.device, write=info.is_rank0)
+        summary = score_file(model, queries, out, arch.max_items - 1, top_k, batch_size, info.device,
+                             write=info.is_rank0, exclude_history=exclude_history)
         if dist.is_initialized():
             dist.barrier()
         return {"checkpoint": str(ckpt), "item_input": arch.extra["item_input"], **summary}
@@ -208,25 +137,35 @@ def score(checkpoint, queries, out, top_k: int = 50, exclude_history: bool = Fal
         teardown()
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sidgr.training.item_scoring", description=__doc__.splitlines()[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="run dir (latest checkpoint) or checkpoints/iter_X")
-    p.add_argument("--queries", required=True, help="parquet with user_id, item_ids (history), e.g. test.parquet")
+    p.add_argument("--sequences", required=True, help="parquet with user_id, item_ids (history), e.g. test.parquet")
     p.add_argument("--out", required=True, help="candidates parquet to write")
-    p.add_argument("--top-k", type=int, default=50)
-    p.add_argument("--exclude-history", action="store_true", help="drop every history item from the lists")
+    p.add_argument("--k", type=int, default=50, help="candidates per user")
+    p.add_argument("--include-history", action="store_true",
+                   help="let items of the user's history be recommended (default: the whole history is excluded)")
     p.add_argument("--batch-size", type=int, default=256, help="users per forward pass")
     p.add_argument("--mapping", default=None, help="SID mapping (default: the one the checkpoint recorded)")
-    args = p.parse_args(argv)
-    try:
-        info = score(args.checkpoint, args.queries, args.out, args.top_k, args.exclude_history, args.batch_size,
-                     args.mapping)
-    except InputError as err:
-        print(f"item_scoring: error: {err}", file=sys.stderr)
-        return 1
+
+
+def run(args: argparse.Namespace) -> int:
+    info = score(args.checkpoint, args.sequences, args.out, args.k, args.batch_size, args.mapping,
+                 exclude_history=not args.include_history)
     if os.environ.get("RANK", "0") == "0":
         print(f"wrote {args.out}: {info}")
     return 0
+
+
+def main(argv=None) -> int:
+    """`python -m sidgr.training.item_scoring` (e.g. under torchrun for a TP-split head)."""
+    p = argparse.ArgumentParser(prog="python -m sidgr.training.item_scoring", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_arguments(p)
+    try:
+        return run(p.parse_args(argv))
+    except InputError as err:
+        print(f"sidgr score-items: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

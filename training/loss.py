@@ -42,11 +42,18 @@ def token_losses(model, hidden: torch.Tensor, batch: TokenBatch) -> TokenLosses:
     return TokenLosses(losses, levels, rows, cols)
 
 
-def global_token_count(batch: TokenBatch, device) -> torch.Tensor:
-    count = batch.loss_mask.sum().to(device=device, dtype=torch.float32).reshape(1)
-    return all_reduce_dp(count)
-
-
 def global_mean_loss(tl: TokenLosses, global_count: torch.Tensor) -> torch.Tensor:
     """This rank's share of the global token-mean: its loss sum over the global count (sum over DP = the mean)."""
     return tl.losses.sum() / global_count.clamp_min(1.0).squeeze(0)
+
+
+def forward_loss(ddp, model, batch, losses_fn=token_losses) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward `batch` (a TokenBatch or an ItemBatch) -> (this rank's share of the global token-mean loss,
+    the global loss-token count). `losses_fn(model, hidden, batch)` is the model family's per-token CE."""
+    count = all_reduce_dp(batch.loss_mask.sum().to(dtype=torch.float32).reshape(1))
+    hidden = ddp(*batch.model_inputs())
+    tl = losses_fn(model, hidden, batch)
+    loss = global_mean_loss(tl, count)
+    if tl.losses.numel() == 0:
+        loss = loss + 0.0 * hidden.sum()  # keep the graph (and DDP's hooks) connected
+    return loss, count

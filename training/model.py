@@ -121,15 +121,20 @@ class SIDGRModel(MegatronModule):
 
     def head_logits(self, h: int, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [n, hidden] -> this rank's vocab slice of head h's logits [n, V_h_padded / TP], padding masked."""
-        logits, _ = self.heads.head(h)(hidden.unsqueeze(1))
-        logits = logits.squeeze(1).float()
-        per_rank = logits.shape[-1]
-        start = ps.get_tensor_model_parallel_rank() * per_rank
-        n_pad = start + per_rank - self.head_sizes[h]
-        if n_pad > 0:
-            col = torch.arange(start, start + per_rank, device=logits.device)
-            logits = logits.masked_fill(col >= self.head_sizes[h], torch.finfo(torch.float32).min)
-        return logits
+        return vocab_slice_logits(self.heads.head(h), hidden, self.head_sizes[h])
+
+
+def vocab_slice_logits(head: tensor_parallel.ColumnParallelLinear, hidden: torch.Tensor, real_size: int) -> torch.Tensor:
+    """hidden [n, hidden] -> this TP rank's slice of a vocab-parallel head's logits in fp32, with the padding
+    columns (>= real_size) masked so no softmax ever gives them mass."""
+    logits, _ = head(hidden.unsqueeze(1))
+    logits = logits.squeeze(1).float()
+    per_rank = logits.shape[-1]
+    start = ps.get_tensor_model_parallel_rank() * per_rank
+    if start + per_rank > real_size:
+        col = torch.arange(start, start + per_rank, device=logits.device)
+        logits = logits.masked_fill(col >= real_size, torch.finfo(torch.float32).min)
+    return logits
 
 
 def build_model(model_cfg: ModelConfig, arch: ModelArch, tp: int, device: torch.device) -> SIDGRModel:

@@ -1,4 +1,4 @@
-"""Torchrun entry point of the SID-GR trainer.
+"""Torchrun entry point of the trainer: the training loop, for any model family (`training/task.py`).
 
     torchrun --nproc_per_node=N -m sidgr.training.train --config configs/X.gin [--resume] [gin overrides ...]
 
@@ -15,12 +15,8 @@ from pathlib import Path
 import torch
 
 from sidgr.errors import input_error
-from sidgr.io import atomic_path
-from sidgr.token_layout import IGNORE, TokenBatch, training_layout
-from sidgr.sid.mapping import SIDMapping
 
 
-# ---- configuration -------------------------------------------------------------------------------------------
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="sidgr.training.train", description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True, help="gin file (configs/*.gin)")
@@ -29,222 +25,34 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load_configs(config_file: str, overrides) -> dict:
-    import gin
-
-    from sidgr.training.config import (ModelConfig, OptimizerConfig, ParallelConfig, TrainerConfig,
-                                       parse_config)
-    from sidgr.training.loader import DataConfig
-
-    if not Path(config_file).is_file():
-        raise input_error(config_file, "--config", config_file, "gin file does not exist")
-    parse_config(config_file, overrides)
-    cfgs = dict(trainer=TrainerConfig(), model=ModelConfig(), optim=OptimizerConfig(), parallel=ParallelConfig(),
-                data=DataConfig())
-    cfgs["config_str"] = gin.operative_config_str()
-    return cfgs
-
-
-def config_codebook_sizes(model_cfg, mapping: SIDMapping) -> tuple[int, ...]:
-    """The mapping's codebook sizes, after checking them against ModelConfig.codebook_sizes (when set)."""
-    sizes = tuple(int(c) for c in mapping.codebook_sizes)
-    want = tuple(int(c) for c in model_cfg.codebook_sizes)
-    if want and len(want) != len(sizes):
-        raise input_error(mapping.source, "levels", len(sizes),
-                          f"the config expects {len(want)} levels (ModelConfig.codebook_sizes={list(want)})")
-    if want and want != sizes:
-        raise input_error(mapping.source, "codebook_sizes", list(sizes),
-                          f"disagree with ModelConfig.codebook_sizes={list(want)}")
-    return sizes
-
-
-# ---- one step ------------------------------------------------------------------------------------------------
-def layout_for(batch, loss_mode: str, arch, device) -> TokenBatch:
-    tb = training_layout(batch.sids, batch.lengths, loss_mode, arch.level_offsets)
-    if tb.tokens.shape[1] == 0:  # a DP rank whose rows are all padding still joins the collectives
-        B = tb.tokens.shape[0]
-        z = torch.zeros(B, 1, dtype=torch.int64)
-        tb = TokenBatch(z, z.bool(), z.bool(), z, z - 1, z + IGNORE, z + IGNORE,
-                        torch.zeros(B, 1, 1, 1, dtype=torch.bool))
-    return TokenBatch(*(getattr(tb, f).to(device, non_blocking=True) for f in TokenBatch.__dataclass_fields__))
-
-
-def forward_loss(ddp, model, tb: TokenBatch):
-    from sidgr.training.loss import global_mean_loss, global_token_count, token_losses
-
-    count = global_token_count(tb, tb.tokens.device)
-    hidden = ddp(tb.tokens, tb.is_bos, tb.positions, tb.attention_mask)
-    tl = token_losses(model, hidden, tb)
-    loss = global_mean_loss(tl, count)
-    if tl.losses.numel() == 0:
-        loss = loss + 0.0 * hidden.sum()  # keep the graph (and DDP's hooks) connected
-    return loss, count
-
-
-def train_step(ddp, model, optimizer, scheduler, tb, loss_fn=forward_loss) -> dict:
+def train_step(ddp, model, optimizer, scheduler, batch, losses_fn=None) -> dict:
+    """One optimizer step on `batch`; `losses_fn` is the task's per-token loss (default: SID-GR's)."""
     from sidgr.training.dist import all_reduce_dp
+    from sidgr.training.loss import forward_loss, token_losses
     from sidgr.training.optim import zero_grads
 
     zero_grads(ddp, optimizer)
-    loss, count = loss_fn(ddp, model, tb)
+    loss, count = forward_loss(ddp, model, batch, losses_fn or token_losses)
     loss.backward()
     ddp.finish_grad_sync()
     ok, grad_norm, _ = optimizer.step()
     scheduler.step(increment=1)
-    report = all_reduce_dp(torch.stack([loss.detach().float(), tb.valid.sum().float()]))
+    report = all_reduce_dp(torch.stack([loss.detach().float(), batch.valid.sum().float()]))
     return {"loss": float(report[0]), "tokens": float(report[1]), "loss_tokens": float(count),
             "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"), "skipped": not ok}
-
-
-@torch.no_grad()
-def validation_loss(ddp, model, loader, arch, device, max_batches: int) -> dict:
-    """Validation token-mean cross-entropy of the target item ('last' mode: history + BOS + target codes)."""
-    from sidgr.training.dist import all_reduce_dp
-    from sidgr.training.loss import token_losses
-
-    ddp.eval()
-    total = torch.zeros(2, dtype=torch.float64, device=device)
-    for i, batch in enumerate(loader):
-        if max_batches and i >= max_batches:
-            break
-        tb = layout_for(batch, "last", arch, device)
-        hidden = ddp(tb.tokens, tb.is_bos, tb.positions, tb.attention_mask)
-        tl = token_losses(model, hidden, tb)
-        total += torch.stack([tl.losses.double().sum(), torch.tensor(float(tl.losses.numel()), device=device,
-                                                                      dtype=torch.float64)])
-    ddp.train()
-    all_reduce_dp(total)
-    return {"valid_loss": float(total[0] / total[1].clamp_min(1))}
-
-
-class SIDGRTask:
-    """The SID-GR hooks of the train loop; `sidgr.training.item_model.ItemTask` is the item-level twin."""
-
-    def __init__(self):
-        self.arch_ = None
-
-    def arch(self, arch):
-        self.arch_ = arch
-        return arch
-
-    def build(self, model_cfg, arch, tp: int, device):
-        from sidgr.training.model import build_model
-        return build_model(model_cfg, arch, tp, device)
-
-    def batch(self, batch, loss_mode: str, device) -> TokenBatch:
-        return layout_for(batch, loss_mode, self.arch_, device)
-
-    forward_loss = staticmethod(forward_loss)
-
-    def validate(self, ddp, model, loader, device, max_batches: int) -> dict:
-        return validation_loss(ddp, model, loader, self.arch_, device, max_batches)
-
-
-def make_task(model_cfg, mapping: SIDMapping):
-    if model_cfg.kind == "item":
-        from sidgr.training.item_model import ItemTask
-        return ItemTask(mapping, model_cfg.item_input)
-    return SIDGRTask()
-
-
-# ---- metrics -------------------------------------------------------------------------------------------------
-class MetricsLog:
-    """RUN_DIR/metrics.jsonl, rewritten atomically; on resume keeps the records up to the resumed step."""
-
-    def __init__(self, run_dir: Path, start_step: int, enabled: bool):
-        self.path = run_dir / "metrics.jsonl"
-        self.enabled = enabled
-        self.records: list[dict] = []
-        if enabled and self.path.exists():
-            rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-            self.records = [r for r in rows if r.get("step", 0) <= start_step]
-
-    def add(self, record: dict) -> None:
-        if self.enabled:
-            self.records.append(record)
-
-    def flush(self) -> None:
-        if self.enabled:
-            with atomic_path(self.path) as tmp:
-                tmp.write_text("".join(json.dumps(r) + "\n" for r in self.records))
-
-
-class Throughput:
-    """Tokens per second over the steps after the first few (which pay for warm-up)."""
-
-    def __init__(self, warmup_steps: int):
-        self.skip, self.tokens, self.seconds = warmup_steps, 0.0, 0.0
-
-    def add(self, tokens: float, seconds: float) -> None:
-        if self.skip > 0:
-            self.skip -= 1
-            return
-        self.tokens += tokens
-        self.seconds += seconds
-
-    def tokens_per_s(self) -> float:
-        return self.tokens / self.seconds if self.seconds else float("nan")
-
-
-def peak_memory_mb(device: torch.device) -> dict:
-    """Peak resident memory (max over ranks) and, on GPU, peak allocated device memory."""
-    import resource
-
-    import torch.distributed as dist
-
-    vals = [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0]
-    if device.type == "cuda":
-        vals.append(torch.cuda.max_memory_allocated() / 2**20)
-    t = torch.tensor(vals, dtype=torch.float64, device=device)
-    if dist.is_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    out = {"peak_rss_mb": float(t[0])}
-    if device.type == "cuda":
-        out["peak_gpu_mb"] = float(t[1])
-    return out
-
-
-class WandbRun:
-    def __init__(self, mode: str, project: str, run_dir: Path, config: dict, enabled: bool):
-        self.run = None
-        if enabled and mode != "disabled":
-            import wandb
-            self.run = wandb.init(project=project, dir=str(run_dir), mode=mode, config=config,
-                                  name=run_dir.name, reinit=True)
-
-    def log(self, record: dict) -> None:
-        if self.run is not None:
-            self.run.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
-
-    def finish(self) -> None:
-        if self.run is not None:
-            self.run.finish()
-
-
-# ---- the run -------------------------------------------------------------------------------------------------
-def preflight(cfgs: dict):
-    """Everything that can be checked without Megatron or processes: the mapping, the task, the architecture."""
-    from sidgr.training.config import model_arch
-
-    mcfg, dcfg = cfgs["model"], cfgs["data"]
-    for field_name in ("train_path", "mapping_path"):
-        path = getattr(dcfg, field_name)
-        if not Path(path).exists():
-            raise input_error(path, f"DataConfig.{field_name}", path, "file does not exist")
-    mapping = SIDMapping.load(dcfg.mapping_path)
-    task = make_task(mcfg, mapping)
-    arch = task.arch(model_arch(mcfg, config_codebook_sizes(mcfg, mapping), dcfg.max_items))
-    return mapping, task, arch
 
 
 def run(cfgs: dict, resume: bool) -> dict:
     from dataclasses import asdict
 
     tcfg, mcfg, ocfg, pcfg, dcfg = (cfgs[k] for k in ("trainer", "model", "optim", "parallel", "data"))
+    from sidgr.training.task import preflight
+
     mapping, task, arch = preflight(cfgs)  # before anything heavy starts
 
     from tqdm import tqdm
 
+    from sidgr.training.run_log import MetricsLog, Throughput, WandbRun, peak_memory_mb
     from sidgr.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
     from sidgr.training.dist import init_distributed, seed_everything, teardown
     from sidgr.training.loader import SequenceLoader
@@ -260,8 +68,7 @@ def run(cfgs: dict, resume: bool) -> dict:
         optimizer = build_optimizer(ddp, ocfg)
         scheduler = build_scheduler(optimizer, ocfg, tcfg.train_steps)
         train_loader = SequenceLoader(dcfg.train_path, mapping, dcfg, info.dp_rank, info.dp_size, training=True)
-        valid_loader = (SequenceLoader(dcfg.valid_path, mapping, dcfg, info.dp_rank, info.dp_size,
-                                       training=False, append_target=True) if dcfg.valid_path else None)
+        task.setup_validation(dcfg, mapping, info)
         step = 0
         if resume:
             ckpt = latest_checkpoint(run_dir)
@@ -287,9 +94,10 @@ def run(cfgs: dict, resume: bool) -> dict:
                             cfgs["config_str"], dcfg.mapping_path, tcfg.keep_last)
 
         def validate(at: int):
-            if valid_loader is None:
+            scores = task.validate(ddp, model, info.device, tcfg.eval_max_batches)
+            if not scores:
                 return
-            rec = {"step": at, **task.validate(ddp, model, valid_loader, info.device, tcfg.eval_max_batches)}
+            rec = {"step": at, **scores}
             metrics.add(rec)
             wandb_run.log(rec)
             metrics.flush()
@@ -310,7 +118,7 @@ def run(cfgs: dict, resume: bool) -> dict:
                 batches = iter(train_loader)  # next epoch, new shuffle
                 continue
             tb = task.batch(batch, mcfg.loss_mode, info.device)
-            last = train_step(ddp, model, optimizer, scheduler, tb, task.forward_loss)
+            last = train_step(ddp, model, optimizer, scheduler, tb, task.token_losses)
             step += 1
             dt = time.perf_counter() - t0
             rec = {"step": step, "loss": last["loss"], "lr": current_lr(optimizer), "grad_norm": last["grad_norm"],
@@ -348,6 +156,8 @@ def main(argv=None) -> int:
     import sys
 
     from sidgr.errors import InputError
+
+    from sidgr.training.config import load_configs
 
     args = parse_args(argv)
     try:

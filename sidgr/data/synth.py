@@ -21,7 +21,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-from sidgr.data.sequences import ITEMS_SCHEMA, USERS_SCHEMA, SequenceBatch, write_dataset
+from sidgr.data.ragged import Ragged
+from sidgr.data.schemas import ITEMS_SCHEMA, USERS_SCHEMA
+from sidgr.data.sequences import SequenceBatch, write_dataset
 from sidgr.errors import input_error
 
 SYNTH_ITEMS_SCHEMA = ITEMS_SCHEMA.append(pa.field("cluster", pa.int64()))
@@ -149,7 +151,7 @@ def user_chunk(cfg: SynthConfig, catalog: ClusterCatalog, first_user: int, num: 
     start_ts = BASE_TIMESTAMP + rng.integers(0, 10_000_000, num)
     timestamps = start_ts[user_of] + elapsed
     user_ids = np.arange(first_user, first_user + num, dtype=np.int64)
-    return SequenceBatch(user_ids, offsets, items, timestamps.astype(np.int64))
+    return SequenceBatch(user_ids, Ragged(items, offsets), timestamps.astype(np.int64))
 
 
 def synthesize(cfg: SynthConfig, out_dir: str, progress: bool = True) -> dict:

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from launch import REPO, run_torchrun  # noqa: F401  (REPO: re-exported for the tests)
 from sidgr.sid.mapping import SIDMapping
 
 CODEBOOK_SIZES = (8, 8, 4)  # sum 20: padded to 24 (multiple of 8) for any TP in 1, 2
@@ -53,28 +54,20 @@ if __name__ == "__main__":
     print(write_dataset(sys.argv[1]))
 
 
-# ---- launching -------------------------------------------------------------------------------------------------
-REPO = Path(__file__).resolve().parents[2]
-
-
+# ---- launching (through launch.run_torchrun) ---------------------------------------------------------------------
 def torchrun(nproc: int, script_args: list[str], timeout: int = 240):
-    """`torchrun --standalone --nproc_per_node=N ...` (a plain python process when N == 1)."""
-    import os
-    import subprocess
-
-    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled", PYTHONWARNINGS="ignore")
-    if nproc == 1:
-        cmd = [sys.executable] + script_args
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-        cmd += script_args
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    """Deprecated shim for callers not yet on `launch.run_torchrun` (tests/test_compat.py): `script_args` is
+    [SCRIPT.py, ARGS...] or ["-m", MODULE, ARGS...]; returns the CompletedProcess without checking its exit."""
+    target, args = (script_args[1], script_args[2:]) if script_args[0] == "-m" else (script_args[0], script_args[1:])
+    return run_torchrun(target, nproc, *args, timeout=timeout, check=False)
 
 
-def train(nproc: int, run_dir, paths: dict, *overrides: str, resume: bool = False, config="configs/tiny_ci.gin"):
-    args = ["-m", "sidgr.training.train", "--config", config] + (["--resume"] if resume else [])
+def train(nproc: int, run_dir, paths: dict, *overrides: str, resume: bool = False, config="configs/tiny_ci.gin",
+          check: bool = True):
+    """`python -m sidgr.training.train` on nproc processes; fails the test on a non-zero exit unless check=False."""
+    args = ["--config", config] + (["--resume"] if resume else [])
     args += [f'TrainerConfig.run_dir="{run_dir}"'] + data_overrides(paths) + list(overrides)
-    return torchrun(nproc, args)
+    return run_torchrun("sidgr.training.train", nproc, *args, timeout=240, check=check)
 
 
 def read_checkpoint(ckpt_dir) -> dict:

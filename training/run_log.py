@@ -1,0 +1,82 @@
+"""What a training run records: metrics.jsonl, throughput, peak memory, and the wandb run (offline by default)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from sidgr.io import atomic_path
+
+
+class MetricsLog:
+    """RUN_DIR/metrics.jsonl, rewritten atomically; on resume keeps the records up to the resumed step."""
+
+    def __init__(self, run_dir: Path, start_step: int, enabled: bool):
+        self.path = run_dir / "metrics.jsonl"
+        self.enabled = enabled
+        self.records: list[dict] = []
+        if enabled and self.path.exists():
+            rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+            self.records = [r for r in rows if r.get("step", 0) <= start_step]
+
+    def add(self, record: dict) -> None:
+        if self.enabled:
+            self.records.append(record)
+
+    def flush(self) -> None:
+        if self.enabled:
+            with atomic_path(self.path) as tmp:
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+
+
+class Throughput:
+    """Tokens per second over the steps after the first few (which pay for warm-up)."""
+
+    def __init__(self, warmup_steps: int):
+        self.skip, self.tokens, self.seconds = warmup_steps, 0.0, 0.0
+
+    def add(self, tokens: float, seconds: float) -> None:
+        if self.skip > 0:
+            self.skip -= 1
+            return
+        self.tokens += tokens
+        self.seconds += seconds
+
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds else float("nan")
+
+
+def peak_memory_mb(device: torch.device) -> dict:
+    """Peak resident memory (max over ranks) and, on GPU, peak allocated device memory."""
+    import resource
+
+    import torch.distributed as dist
+
+    vals = [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0]
+    if device.type == "cuda":
+        vals.append(torch.cuda.max_memory_allocated() / 2**20)
+    t = torch.tensor(vals, dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    out = {"peak_rss_mb": float(t[0])}
+    if device.type == "cuda":
+        out["peak_gpu_mb"] = float(t[1])
+    return out
+
+
+class WandbRun:
+    def __init__(self, mode: str, project: str, run_dir: Path, config: dict, enabled: bool):
+        self.run = None
+        if enabled and mode != "disabled":
+            import wandb
+            self.run = wandb.init(project=project, dir=str(run_dir), mode=mode, config=config,
+                                  name=run_dir.name, reinit=True)
+
+    def log(self, record: dict) -> None:
+        if self.run is not None:
+            self.run.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+
+    def finish(self) -> None:
+        if self.run is not None:
+            self.run.finish()

@@ -1,0 +1,72 @@
+"""SID-GR as a trainer task: token layout of SID batches, per-level code losses, validation loss."""
+from __future__ import annotations
+
+import torch
+
+from sidgr.arch import ModelArch
+from sidgr.token_layout import IGNORE, TokenBatch, training_layout
+from sidgr.training.loss import token_losses
+
+
+def layout_for(batch, loss_mode: str, arch: ModelArch, device) -> TokenBatch:
+    """A loader `Batch` -> the decoder's TokenBatch on `device`."""
+    tb = training_layout(batch.sids, batch.lengths, loss_mode, arch.level_offsets)
+    if tb.tokens.shape[1] == 0:  # a DP rank whose rows are all padding still joins the collectives
+        B = tb.tokens.shape[0]
+        z = torch.zeros(B, 1, dtype=torch.int64)
+        tb = TokenBatch(z, z.bool(), z.bool(), z, z - 1, z + IGNORE, z + IGNORE,
+                        torch.zeros(B, 1, 1, 1, dtype=torch.bool))
+    return TokenBatch(*(getattr(tb, f).to(device, non_blocking=True) for f in TokenBatch.__dataclass_fields__))
+
+
+@torch.no_grad()
+def validation_loss(ddp, model, loader, arch: ModelArch, device, max_batches: int) -> dict:
+    """Validation token-mean cross-entropy of the target item ('last' mode: history + BOS + target codes).
+    Retrieval metrics of SID-GR checkpoints come from the engine (export -> retrieve -> evaluate)."""
+    from sidgr.training.dist import all_reduce_dp
+
+    ddp.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=device)
+    for i, batch in enumerate(loader):
+        if max_batches and i >= max_batches:
+            break
+        tb = layout_for(batch, "last", arch, device)
+        losses = token_losses(model, ddp(*tb.model_inputs()), tb).losses
+        total += torch.stack([losses.double().sum(), torch.tensor(float(losses.numel()), device=device,
+                                                                  dtype=torch.float64)])
+    ddp.train()
+    all_reduce_dp(total)
+    return {"valid_loss": float(total[0] / total[1].clamp_min(1))}
+
+
+class SIDGRTask:
+    """The SID-GR family (see `training/task.py` for the protocol)."""
+
+    def __init__(self):
+        self.arch_: ModelArch | None = None
+        self.valid_loader = None
+
+    def arch(self, arch: ModelArch) -> ModelArch:
+        self.arch_ = arch
+        return arch
+
+    def build(self, model_cfg, arch: ModelArch, tp: int, device):
+        from sidgr.training.model import build_model
+        return build_model(model_cfg, arch, tp, device)
+
+    def batch(self, batch, loss_mode: str, device) -> TokenBatch:
+        return layout_for(batch, loss_mode, self.arch_, device)
+
+    token_losses = staticmethod(token_losses)
+
+    def setup_validation(self, data_cfg, mapping, dist_info) -> None:
+        from sidgr.training.loader import SequenceLoader
+
+        if data_cfg.valid_path:
+            self.valid_loader = SequenceLoader(data_cfg.valid_path, mapping, data_cfg, dist_info.dp_rank,
+                                               dist_info.dp_size, training=False, append_target=True)
+
+    def validate(self, ddp, model, device, max_batches: int) -> dict:
+        if self.valid_loader is None:
+            return {}
+        return validation_loss(ddp, model, self.valid_loader, self.arch_, device, max_batches)
