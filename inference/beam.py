@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from sidgr.data.ragged import Ragged, offsets_from_lengths
 from sidgr.errors import input_error
 from sidgr.token_layout import decode_position
 from sidgr.sid.prefix_index import PrefixIndex
@@ -35,6 +37,13 @@ class Ranked:
         items = [r[m].tolist() for r, m in zip(self.items, keep)]
         scores = [r[m].tolist() for r, m in zip(self.scores, keep)]
         return items, scores
+
+    def to_ragged(self) -> tuple[Ragged, Ragged]:
+        """(items, scores) per user without the padding, best first."""
+        keep = (self.items >= 0).cpu().numpy()
+        offsets = offsets_from_lengths(keep.sum(1))
+        return (Ragged(self.items.cpu().numpy()[keep], offsets),
+                Ragged(self.scores.cpu().numpy()[keep].astype(np.float32), offsets))
 
 
 def beam_widths(widths: int | list[int], num_levels: int, source="beam") -> list[int]:

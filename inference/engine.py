@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import torch
 
+from sidgr.data.ragged import Ragged
+from sidgr.data.readers import check_in_catalog, check_nonempty
 from sidgr.errors import input_error
 from sidgr.token_layout import prefill_layout
 from sidgr.sid.prefix_index import PrefixIndex
@@ -16,6 +19,13 @@ from .weights import EngineFiles, load_engine
 
 
 class Engine:
+    """A trained SID-GR model ready to retrieve: weights, the SID mapping and its prefix index.
+
+        engine = Engine.load("runs/ml100k/engine")
+        ranked = engine.retrieve([torch.tensor([3, 17, 42])], k=50, widths=256)
+        ranked.items[0], ranked.scores[0]   # best first; scores are SID log-likelihoods
+    """
+
     def __init__(self, files: EngineFiles):
         self.arch = files.arch
         self.mapping = files.mapping
@@ -25,6 +35,7 @@ class Engine:
 
     @classmethod
     def load(cls, engine_dir: str | os.PathLike) -> "Engine":
+        """Load a directory written by `sidgr export` (model.safetensors, engine.json, the SID mapping)."""
         return cls(load_engine(engine_dir))
 
     @property
@@ -33,15 +44,11 @@ class Engine:
         return self.arch.max_items - 1
 
     def check_histories(self, histories: list[torch.Tensor], source="histories", user_ids=None) -> None:
-        n = self.mapping.num_items
-        for row, h in enumerate(histories):
-            user = user_ids[row] if user_ids is not None else row
-            if h.numel() == 0:
-                raise input_error(source, f"user_id {user} item_ids", [], "empty history: nothing to condition on")
-            lo, hi = int(h.min()), int(h.max())
-            if lo < 0 or hi >= n:
-                raise input_error(source, f"user_id {user} item_ids", lo if lo < 0 else hi,
-                                  f"item id outside the engine's SID mapping 0..{n - 1}")
+        """Every history non-empty and inside the engine's catalog (one-line InputError otherwise)."""
+        lists = Ragged.from_lists([h.tolist() for h in histories])
+        users = np.asarray(user_ids if user_ids is not None else np.arange(len(histories)), dtype=np.int64)
+        check_nonempty(lists, source, "item_ids", users)
+        check_in_catalog(lists, self.mapping.num_items, source, "item_ids", users)
 
     @torch.no_grad()
     def prefill(self, histories: list[torch.Tensor]):
@@ -59,6 +66,11 @@ class Engine:
     @torch.no_grad()
     def retrieve(self, histories: list[torch.Tensor], k: int, widths: int | list[int],
                  exclude_history: bool = False, exact: bool = False) -> Ranked:
+        """Top-k catalog items for each history (item ids, time order; the last max_history are used).
+
+        widths: the beam width (int) or one width per level; k must not exceed the last one. exclude_history:
+        never return an item of the history. exact: score every item's SID instead of beam search (slow, the
+        reference). Only real catalog items come out; users with fewer reachable items get -1 padding."""
         histories = [torch.as_tensor(h, dtype=torch.int64).reshape(-1) for h in histories]
         self.check_histories(histories)
         bos_hidden, cache = self.prefill(histories)

@@ -16,8 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import demo  # noqa: E402  (scripts/ is not a package)
+from sidgr.experiments.pipeline import Plan, Runner, train_and_score_on_valid
 
 
 def parse_trial(text: str) -> tuple[str, list[str]]:
@@ -29,7 +28,7 @@ def parse_trial(text: str) -> tuple[str, list[str]]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=str(demo.DATA), help="prepared ml-100k files and sids_<tokenizer>/ dirs")
+    p.add_argument("--data", default="artifacts/ml100k", help="prepared ml-100k files and sids_<tokenizer>/ dirs")
     p.add_argument("--tokenizer", default="balanced", help="which sids_<tokenizer>/sids.json to train on")
     p.add_argument("--out", default="runs/tune")
     p.add_argument("--trial", action="append", required=True, help="NAME=gin.binding=value,gin.binding=value")
@@ -38,19 +37,18 @@ def main(argv=None) -> int:
     p.add_argument("--beam-width", type=int, default=256)
     p.add_argument("--nproc", type=int, default=2)
     args = p.parse_args(argv)
-    demo.DATA = Path(args.data)
-    mapping = demo.DATA / f"sids_{args.tokenizer}" / "sids.json"
+    mapping = Path(args.data) / f"sids_{args.tokenizer}" / "sids.json"
     if not mapping.exists():
         raise SystemExit(f"tune: {mapping}: no SID mapping (run the demo first, or pass --data/--tokenizer)")
     trials = [parse_trial(t) for t in args.trial]
-    plan = demo.Plan(out=Path(args.out), quick=False, nproc=args.nproc, steps=args.steps,
+    plan = Plan(out=Path(args.out), data=Path(args.data), quick=False, nproc=args.nproc, steps=args.steps,
                      eval_interval=args.eval_interval, beam_width=args.beam_width)
     plan.out.mkdir(parents=True, exist_ok=True)
     per_trial = 1 + 3 * max(args.steps // args.eval_interval, 1)
-    run = demo.Runner(plan, per_trial * len(trials))
+    run = Runner(plan, per_trial * len(trials))
     results = {}
     for name, bindings in trials:
-        scores = demo.train_and_score_on_valid(run, plan, name, mapping, bindings)
+        scores = train_and_score_on_valid(run, plan, name, mapping, bindings)
         best = max(scores, key=lambda c: (scores[c], c))
         results[name] = {"bindings": bindings, "valid_recall@10": scores, "best": best, "best_value": scores[best]}
     run.bar.close()

@@ -82,12 +82,13 @@ def score_candidates(candidates: Candidates, targets: SequenceBatch, num_items: 
     Used by `sidgr evaluate` and by validation during training, so the two can never disagree."""
     lists, num_missing = align_to_targets(candidates, targets.user_ids, source)
     if exclude_history and not history_known:
-        raise input_error(source, "item_ids", None, "excluding the history needs the targets' history column")
+        raise input_error(source, "item_ids", None, "verifying history exclusion needs the targets' item_ids "
+                          "column (or evaluate with --include-history)")
     in_history, first = history_overlap(lists, targets.items, num_items) if history_known else (None, -1)
     if exclude_history and in_history:
         user = int(targets.user_ids[lists.row_ids()[first]])
         raise input_error(source, "item_ids", int(lists.values[first]),
-                          f"is in the history of user {user} but the history was to be excluded "
+                          f"is in the history of user {user}, but history items must be excluded (--include-history allows them) "
                           f"({in_history} such candidates)")
     marked = M.mark_candidates(lists, targets.targets, num_items)
     return Scored(M.per_user_metrics(marked, ks), marked, lists, num_missing, in_history)

@@ -19,12 +19,13 @@ def parse_ks(text: str) -> tuple[int, ...]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--candidates", required=True, help="parquet: user_id, item_ids (best first)[, scores]")
     parser.add_argument("--targets", required=True,
-                        help="parquet: user_id, target (int or list), item_ids (history, for --exclude-history)")
+                        help="parquet: user_id, target (int or list), item_ids (history, checked against)")
     parser.add_argument("--items", required=True, help="catalog size N, or items.parquet (item_id 0..N-1)")
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--exclude-history", action="store_true",
-                        help="the candidates exclude each user's history items; verified, error if violated")
-    parser.add_argument("--ks", default="1,5,10,20,50", help="comma-separated cutoffs (default 1,5,10,20,50)")
+    parser.add_argument("--include-history", action="store_true",
+                        help="candidates may hold items of the user's history (default: verified that none do, "
+                             "error if violated)")
+    parser.add_argument("--ks", default="1,5,10,20,50", help="comma-separated cutoffs")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% CIs (0: none)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
 
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.bootstrap < 0:
         raise input_error("--bootstrap", "bootstrap", args.bootstrap, "must be >= 0")
-    report, per_user, users = evaluate(args.candidates, args.targets, args.items, args.exclude_history,
+    report, per_user, users = evaluate(args.candidates, args.targets, args.items, not args.include_history,
                                        parse_ks(args.ks), args.bootstrap, args.seed)
     paths = write_outputs(args.out, report, per_user, users)
     print(markdown_report(report))

@@ -1,77 +1,13 @@
 """Engine == Megatron: build the trainer's Megatron model at TP=1 and TP=2 (torchrun), save a checkpoint with the
 trainer's checkpoint code (Adam state included), export it without Megatron, and compare logits (fp32, <= 1e-5)
 on the same batch, for both head modes (one torchrun per TP size builds both)."""
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-SIZES = (6, 5, 7)  # vocab 18: padded to 24 by the trainer (pad multiple 8), stripped by export
-HEAD_MODES = ("shared", "per_level")
+from engine_megatron_worker import HEAD_MODES, SIZES, make_batch
+from launch import run_torchrun
 
-
-def make_batch(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    B, L = 3, 4
-    sids = torch.stack([torch.randint(c, (B, L), generator=g) for c in SIZES], dim=2)
-    return sids, torch.tensor([4, 2, 3])
-
-
-def worker(tp: int, out_dir: str) -> None:
-    """Runs under torchrun."""
-    from sidgr.training.dist import init_distributed, teardown
-
-    info = init_distributed(tp)
-    try:
-        for head_mode in HEAD_MODES:
-            build_save_forward(tp, head_mode, Path(out_dir), info)
-    finally:
-        teardown()
-
-
-def build_save_forward(tp: int, head_mode: str, out: Path, info) -> None:
-    """Build, perturb, save a checkpoint; rank 0 writes the Megatron model's full hidden states and logits."""
-    import torch.distributed as dist
-    from megatron.core import parallel_state as ps
-
-    from sidgr.token_layout import training_layout
-    from sidgr.training.checkpoint import save_checkpoint
-    from sidgr.training.config import ModelConfig, OptimizerConfig, ParallelConfig, model_arch
-    from sidgr.training.dist import seed_everything
-    from sidgr.training.model import build_model
-    from sidgr.training.optim import build_optimizer, build_scheduler, wrap_ddp
-
-    seed_everything(7)
-    mcfg = ModelConfig(hidden_size=32, num_layers=2, num_attention_heads=4, ffn_hidden_size=64,
-                       head_mode=head_mode, dropout=0.0, init_method_std=0.2)
-    arch = model_arch(mcfg, SIZES, max_items=5)
-    model = build_model(mcfg, arch, tp, info.device)
-    with torch.no_grad():  # non-trivial biases and LayerNorms; same noise on every rank for a given param
-        for i, (_, p) in enumerate(sorted(model.named_parameters())):
-            p.add_(0.2 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1000 + i)))
-    ocfg = OptimizerConfig(optimizer="adam", lr=1e-3, min_lr=0.0, warmup_steps=0)
-    ddp = wrap_ddp(model, ocfg, ParallelConfig(tensor_parallel=tp))
-    optimizer = build_optimizer(ddp, ocfg)
-    scheduler = build_scheduler(optimizer, ocfg, 1)
-    save_checkpoint(out / head_mode, 1, model, optimizer, scheduler, {}, arch, "", str(out / "sids.json"), 1)
-
-    sids, lengths = make_batch()
-    tb = training_layout(sids, lengths, "last", arch.level_offsets)
-    model.eval()
-    with torch.no_grad():
-        hidden = model(tb.tokens, tb.is_bos, tb.positions, tb.attention_mask).transpose(0, 1)  # [B, S, h]
-        flat = hidden.reshape(-1, arch.hidden_size)
-        heads = []
-        for h, size in enumerate(model.head_sizes):
-            local = model.head_logits(h, flat).contiguous()
-            parts = [torch.empty_like(local) for _ in range(tp)]
-            dist.all_gather(parts, local, group=ps.get_tensor_model_parallel_group())
-            heads.append(torch.cat(parts, dim=-1)[:, :size])
-    if info.is_rank0:
-        torch.save({"hidden": hidden.contiguous(), "heads": heads}, out / f"{head_mode}.pt")
+pytestmark = pytest.mark.dist
 
 
 @pytest.mark.parametrize("tp", [1, 2])
@@ -83,11 +19,7 @@ def test_engine_logits_equal_megatron(tmp_path, tp):
     from sidgr.token_layout import training_layout
 
     random_mapping(40, list(SIZES), seed=0).save(tmp_path / "sids")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={tp}",
-           __file__, "--worker", str(tp), str(tmp_path)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert res.returncode == 0, res.stderr[-3000:]
+    run_torchrun("tests/dist/engine_megatron_worker.py", tp, tp, tmp_path, timeout=300)
 
     sids, lengths = make_batch()
     for head_mode in HEAD_MODES:
@@ -109,7 +41,3 @@ def test_engine_logits_equal_megatron(tmp_path, tp):
             ref_lvl = (ref["heads"][0][:, off:off + SIZES[level]] if head_mode == "shared"
                        else ref["heads"][level])
             assert (model.level_logits(flat, level) - ref_lvl)[valid].abs().max() <= 1e-5, (head_mode, level)
-
-
-if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--worker":
-    worker(int(sys.argv[2]), sys.argv[3])

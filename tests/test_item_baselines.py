@@ -3,7 +3,6 @@
 The Megatron runs each go through their own subprocess (tests/dist/item_train.py, sidgr.training.item_scoring).
 """
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,14 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent / "dist"))
-from item_fixtures import write_synth  # noqa: E402
-from train_fixtures import torchrun  # noqa: E402
+from item_fixtures import write_synth
+from launch import run_torchrun
 
-from sidgr.errors import InputError  # noqa: E402
-from sidgr.token_layout import IGNORE  # noqa: E402
-from sidgr.sid.mapping import SIDMapping  # noqa: E402
-from sidgr.sid.prefix_index import PrefixIndex  # noqa: E402
+from sidgr.errors import InputError
+from sidgr.token_layout import IGNORE
+from sidgr.sid.mapping import SIDMapping
+from sidgr.sid.prefix_index import PrefixIndex
 
 STEPS = "150"
 
@@ -80,9 +78,8 @@ def synth(tmp_path_factory):
 def _train(synth, item_input: str, save: bool) -> dict:
     tmp, paths = synth
     out = tmp / f"{item_input}.json"
-    args = ["tests/dist/item_train.py", str(Path(paths["train"]).parent), str(out), item_input, STEPS, "1"]
-    proc = torchrun(1, args + ([str(tmp / f"run_{item_input}")] if save else []))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    args = [str(Path(paths["train"]).parent), str(out), item_input, STEPS, "1"]
+    run_torchrun("tests/dist/item_train.py", 1, *args, *([str(tmp / f"run_{item_input}")] if save else []), timeout=240)
     return json.loads(out.read_text())
 
 
@@ -108,6 +105,8 @@ def _popularity_recall10(paths) -> float:
     return float(per_user_metrics(mark_candidates(lists, test.targets, n_items), (10,))["recall@10"].mean())
 
 
+@pytest.mark.dist
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["sasrec", "sid_input"])
 def test_item_models_learn_and_beat_popularity(request, synth, which):
     result = request.getfixturevalue(which)
@@ -122,10 +121,8 @@ def test_item_models_learn_and_beat_popularity(request, synth, which):
 def _score(synth, *flags, nproc=1) -> dict:
     tmp, paths = synth
     out = tmp / ("cands" + "".join(flags).replace("-", "_") + f"_{nproc}.parquet")
-    args = ["-m", "sidgr.training.item_scoring", "--checkpoint", str(tmp / "run_id"), "--queries", paths["test"],
-            "--out", str(out), *flags]
-    proc = torchrun(nproc, args)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_torchrun("sidgr.training.item_scoring", nproc, "--checkpoint", str(tmp / "run_id"), "--queries",
+                 paths["test"], "--out", str(out), *flags, timeout=240)
     return pq.read_table(out).to_pydict()
 
 
@@ -134,11 +131,15 @@ def full_ranking(synth, sasrec):
     return _score(synth, "--top-k", "240")
 
 
+@pytest.mark.dist
+@pytest.mark.slow
 def test_scoring_a_checkpoint_reproduces_the_trained_model(sasrec, full_ranking):
     assert [r[:10] for r in full_ranking["item_ids"]] == sasrec["test_top10"]
     assert all(s == sorted(s, reverse=True) for s in full_ranking["scores"])
 
 
+@pytest.mark.dist
+@pytest.mark.slow
 def test_scoring_excludes_history_under_tp2(synth, full_ranking):
     full = full_ranking
     excl = _score(synth, "--top-k", "20", "--exclude-history", nproc=2)

@@ -1,15 +1,12 @@
 """Streaming SID loader: sharding, TP peers, truncation, shuffling, exact resume, bad input."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+
+from launch import run_torchrun
 
 from sidgr.errors import InputError
 from sidgr.sid.mapping import SIDMapping
@@ -225,11 +222,8 @@ def test_bad_settings_are_refused(train_file, tmp_path):
         SequenceLoader(train_file, make_mapping(), cfg(min_items=100), 0, 1, training=True)
 
 
+@pytest.mark.dist
 def test_torchrun_tp_peers_and_dp_shards(train_file):
     """4 processes, TP=2 x DP=2: peers identical, shards = the single-process global batches (2 epochs)."""
-    script = Path(__file__).with_name("dist_loader_check.py")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4", str(script),
-           str(train_file), "2"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = run_torchrun("tests/dist/loader_check.py", 4, train_file, 2, timeout=300)
     assert "OK: 4 ranks, tp=2, 16 global batches checked" in proc.stdout

@@ -1,15 +1,11 @@
 """Trainer configuration and bad-input errors that need no Megatron process."""
-import subprocess
-import sys
-from pathlib import Path
-
 import gin
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent / "dist"))
-from train_fixtures import REPO, write_dataset  # noqa: E402
+from launch import REPO, run_torchrun
+from train_fixtures import write_dataset
 
-from sidgr.training.config import ModelConfig, parse_config  # noqa: E402
+from sidgr.training.config import ModelConfig, parse_config
 
 
 def test_unknown_parameter_of_a_config_is_an_error():
@@ -40,14 +36,14 @@ def test_config_files_parse_and_bind_every_dataclass():
     gin.clear_config()
 
 
+@pytest.mark.dist
 def test_mapping_that_disagrees_with_the_config_fails_before_training(tmp_path):
     """End to end through `sidgr train` (which execs torchrun): one line naming the file, field and value."""
     paths = write_dataset(tmp_path / "data", num_users=8)
-    cmd = [sys.executable, "-m", "sidgr.cli", "train", "--nproc", "1", "--config", "configs/tiny_ci.gin",
-           f'TrainerConfig.run_dir="{tmp_path / "run"}"', f'DataConfig.train_path="{paths["train"]}"',
-           f'DataConfig.valid_path="{paths["valid"]}"', f'DataConfig.mapping_path="{paths["mapping"]}"',
-           "ModelConfig.codebook_sizes=(8, 8, 5)"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = run_torchrun("sidgr.cli", 1, "train", "--nproc", "1", "--config", "configs/tiny_ci.gin",
+                        f'TrainerConfig.run_dir="{tmp_path / "run"}"', f'DataConfig.train_path="{paths["train"]}"',
+                        f'DataConfig.valid_path="{paths["valid"]}"', f'DataConfig.mapping_path="{paths["mapping"]}"',
+                        "ModelConfig.codebook_sizes=(8, 8, 5)", timeout=120, check=False)
     assert proc.returncode != 0
     err = [line for line in proc.stderr.splitlines() if "sidgr train: error" in line]
     assert err, proc.stderr[-2000:]

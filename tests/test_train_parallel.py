@@ -2,16 +2,15 @@
 
 Two subprocesses run tests/dist/train_equivalence.py: one plain process (TP=1 / DP=1 references) and one
 `torchrun --standalone --nproc_per_node=2` (TP=2, then re-initialized as DP=2)."""
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent / "dist"))
-from train_fixtures import torchrun, write_dataset  # noqa: E402
+from launch import run_torchrun
+from train_fixtures import write_dataset
 
 SCRIPT = "tests/dist/train_equivalence.py"
+
+pytestmark = [pytest.mark.dist, pytest.mark.slow]  # every test reads the two worker runs of `results`
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +19,7 @@ def results(tmp_path_factory):
     write_dataset(tmp / "data")
     out = {}
     for nproc in (1, 2):
-        proc = torchrun(nproc, [SCRIPT, str(tmp / "data"), str(tmp / f"n{nproc}.pt")])
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        run_torchrun(SCRIPT, nproc, tmp / "data", tmp / f"n{nproc}.pt", timeout=240)
         out[nproc] = torch.load(tmp / f"n{nproc}.pt", weights_only=False)
     return out
 

@@ -1,7 +1,7 @@
 """torchrun check of the loader across real processes: TP peers get identical batches, DP shards are disjoint
 and complete, and every global batch is the same as a single-process loader's (launched by tests/test_loader.py).
 
-    torchrun --standalone --nproc_per_node=4 tests/dist_loader_check.py <parquet> <tp>
+    PYTHONPATH=tests torchrun --standalone --nproc_per_node=4 tests/dist/loader_check.py <parquet> <tp>
 Rank layout as Megatron's default order: tp rank = rank % tp, dp rank = rank // tp.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ def main() -> None:
     import torch.distributed as dist
 
     from sidgr.training.loader import SequenceLoader
-    from test_loader import cfg, make_mapping
+    from test_loader import cfg, make_mapping  # tests/ is on the workers' PYTHONPATH (launch.run_torchrun)
 
     path, tp = sys.argv[1], int(sys.argv[2])
     dist.init_process_group("gloo")

@@ -1,0 +1,1 @@
+"""Experiment drivers built from `sidgr` commands: the pipeline stages and the demo."""

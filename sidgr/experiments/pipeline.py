@@ -1,0 +1,190 @@
+"""The experiment pipeline's stages: prepare -> tokenize -> train -> select on valid -> export -> retrieve ->
+evaluate, each an ordinary `sidgr` command run as a subprocess and logged, so any number can be reproduced by hand.
+
+Model selection uses the validation target only; the test target is evaluated once per model, with the selected
+checkpoint. Used by the demo (`sidgr.experiments.demo`) and by validation-only tuning (`scripts/tune_ml100k.py`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+PY = sys.executable
+
+
+@dataclass
+class Plan:
+    out: Path
+    data: Path  # prepared dataset files and SID mappings
+    quick: bool
+    nproc: int
+    steps: int
+    eval_interval: int
+    beam_width: int
+    k: int = 50
+    bootstrap: int = 1000
+    beam_sweep: tuple = (16, 64, 256, 1024)
+    tokenizers: dict = field(default_factory=lambda: {
+        "rqkmeans": ["--method", "rqkmeans", "--codebook-sizes", "64,64,64"],
+        "balanced": ["--method", "balanced", "--codebook-sizes", "64,64,64"],
+        "rqvae": ["--method", "rqvae", "--codebook-sizes", "64,64,64"],
+    })
+
+
+class Runner:
+    """Runs one command per stage, logs it, and stops the demo with the log's tail when a stage fails."""
+
+    def __init__(self, plan: Plan, total: int):
+        self.logs = plan.out / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.bar = tqdm(total=total, desc="demo", unit="stage", dynamic_ncols=True)
+        self.timings: dict[str, float] = {}
+        self.commands: list[str] = []
+
+    def __call__(self, name: str, cmd: list[str], env: dict | None = None) -> str:
+        self.bar.set_postfix_str(name)
+        log = self.logs / f"{name}.log"
+        line = " ".join(shlex.quote(c) for c in cmd)
+        self.commands.append(line)
+        t0 = time.perf_counter()
+        with open(log, "w") as fh:
+            fh.write(f"$ {line}\n")
+            fh.flush()
+            proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        self.timings[name] = time.perf_counter() - t0
+        if proc.returncode:
+            tail = "\n".join(log.read_text().splitlines()[-25:])
+            self.bar.close()
+            raise SystemExit(f"demo: stage {name!r} failed (exit {proc.returncode}); log {log}:\n{tail}")
+        self.bar.update(1)
+        return log.read_text()
+
+
+def sidgr(*args) -> list[str]:
+    return [PY, "-m", "sidgr.cli", *map(str, args)]
+
+
+# ---- stages --------------------------------------------------------------------------------------------------
+def train_overrides(plan: Plan, run_dir: Path, mapping: Path) -> list[str]:
+    saves = max(plan.steps // plan.eval_interval, 1)
+    return [f"TrainerConfig.run_dir='{run_dir}'", f"TrainerConfig.train_steps={plan.steps}",
+            f"TrainerConfig.eval_interval={plan.eval_interval}", f"TrainerConfig.save_interval={plan.eval_interval}",
+            f"TrainerConfig.keep_last={saves + 1}", "TrainerConfig.progress=False",
+            f"TrainerConfig.log_interval={max(plan.steps // 40, 1)}",
+            f"DataConfig.train_path='{plan.data / 'train.parquet'}'", f"DataConfig.valid_path='{plan.data / 'valid.parquet'}'",
+            f"DataConfig.mapping_path='{mapping}'"]
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / "checkpoints").glob("iter_[0-9]*"))
+
+
+def recall10(eval_dir: Path) -> float:
+    return json.loads((eval_dir / "metrics.json").read_text())["metrics"]["recall@10"]["mean"]
+
+
+def evaluate(run: Runner, plan: Plan, name: str, cands: Path, split: str, out: Path, bootstrap: int) -> Path:
+    run(name, sidgr("evaluate", "--candidates", cands, "--targets", plan.data / f"{split}.parquet",
+                    "--items", plan.data / "items.parquet", "--out", out, "--bootstrap", bootstrap, "--seed", 0))
+    return out
+
+
+def train_and_score_on_valid(run: Runner, plan: Plan, name: str, mapping: Path, bindings=()) -> dict:
+    """Train SID-GR (configs/ml100k.gin + bindings) into OUT/name; valid Recall@10 of every kept checkpoint."""
+    run_dir = plan.out / name
+    run(f"train_{name}", sidgr("train", "--nproc", plan.nproc, "--config", "configs/ml100k.gin",
+                               *train_overrides(plan, run_dir, mapping), *bindings))
+    scores = {}
+    for ckpt in checkpoints(run_dir):
+        tag = f"{name}_{ckpt.name}"
+        engine = run_dir / "engines" / ckpt.name
+        run(f"export_{tag}", sidgr("export", "--checkpoint", ckpt, "--out", engine))
+        cands = run_dir / "valid" / f"{ckpt.name}.parquet"
+        run(f"retrieve_valid_{tag}", sidgr("retrieve", "--engine", engine, "--sequences", plan.data / "valid.parquet",
+                                           "--out", cands, "--k", plan.k, "--beam-width", plan.beam_width))
+        scores[ckpt.name] = recall10(evaluate(run, plan, f"eval_valid_{tag}", cands, "valid",
+                                              run_dir / "valid" / ckpt.name, 0))
+    write_curve_log(run_dir, scores)
+    return scores
+
+
+def sid_gr(run: Runner, plan: Plan, method: str, mapping: Path) -> tuple[Path, dict]:
+    """Train SID-GR on one tokenizer's SIDs, pick the checkpoint with the best valid Recall@10, test it once."""
+    run_dir = plan.out / f"sidgr_{method}"
+    scores = train_and_score_on_valid(run, plan, f"sidgr_{method}", mapping)
+    best = max(scores, key=lambda c: (scores[c], c))
+    engine = run_dir / "engines" / best
+    cands = run_dir / "test_candidates.parquet"
+    run(f"retrieve_test_sidgr_{method}", sidgr("retrieve", "--engine", engine, "--sequences", plan.data / "test.parquet",
+                                               "--out", cands, "--k", plan.k, "--beam-width", plan.beam_width))
+    evaluate(run, plan, f"eval_test_sidgr_{method}", cands, "test", run_dir / "test", plan.bootstrap)
+    return run_dir, {"valid_recall@10_by_checkpoint": scores, "selected": best, "engine": str(engine)}
+
+
+def write_curve_log(run_dir: Path, valid_recall: dict) -> None:
+    """The trainer's metrics.jsonl plus the valid Recall@10 measured here per checkpoint, for the curves plot."""
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    records += [{"step": int(c.split("_")[1]), "valid_recall@10": r} for c, r in sorted(valid_recall.items())]
+    (run_dir / "curves.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def item_baseline(run: Runner, plan: Plan, name: str, config: str, mapping: Path) -> tuple[Path, dict]:
+    """Train an item-level baseline; its trainer logs valid Recall@10 each interval, which picks the checkpoint."""
+    run_dir = plan.out / name
+    run(f"train_{name}", sidgr("train", "--nproc", plan.nproc, "--config", config,
+                               *train_overrides(plan, run_dir, mapping)))
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    scores = {f"iter_{r['step']:07d}": r["valid_recall@10"] for r in records if "valid_recall@10" in r}
+    kept = {c.name for c in checkpoints(run_dir)}
+    best = max((c for c in scores if c in kept), key=lambda c: (scores[c], c))
+    cands = run_dir / "test_candidates.parquet"
+    run(f"score_test_{name}", sidgr("score-items", "--checkpoint", run_dir / "checkpoints" / best,
+                                    "--sequences", plan.data / "test.parquet", "--out", cands, "--k", plan.k))
+    evaluate(run, plan, f"eval_test_{name}", cands, "test", run_dir / "test", plan.bootstrap)
+    return run_dir, {"valid_recall@10_by_checkpoint": scores, "selected": best}
+
+
+def popularity(run: Runner, plan: Plan) -> Path:
+    run_dir = plan.out / "popularity"
+    cands = run_dir / "test_candidates.parquet"
+    run("popularity", sidgr("baseline", "popularity", "--train", plan.data / "train.parquet",
+                            "--sequences", plan.data / "test.parquet", "--items", plan.data / "items.parquet",
+                            "--out", cands, "--k", plan.k))
+    evaluate(run, plan, "eval_test_popularity", cands, "test", run_dir / "test", plan.bootstrap)
+    return run_dir
+
+
+def beam_vs_exact(run: Runner, plan: Plan, engine: Path, method: str) -> dict:
+    """Recall vs beam width on test, the exact ranking, and how often beam top-10 == exact top-10."""
+    import pyarrow.parquet as pq
+
+    sweep = plan.out / "beam_sweep"
+    exact = sweep / "exact.parquet"
+    run("retrieve_test_exact", sidgr("retrieve", "--engine", engine, "--sequences", plan.data / "test.parquet",
+                                     "--out", exact, "--k", plan.k, "--exact"))
+    evaluate(run, plan, "eval_test_exact", exact, "test", sweep / "eval_exact", plan.bootstrap)
+    exact_table = pq.read_table(exact).to_pydict()
+    top_exact = {u: items[:10] for u, items in zip(exact_table["user_id"], exact_table["item_ids"])}
+    agreement = {}
+    for width in plan.beam_sweep:
+        if width < plan.k:
+            continue
+        cands = sweep / f"beam_{width}.parquet"
+        run(f"retrieve_test_w{width}", sidgr("retrieve", "--engine", engine, "--sequences", plan.data / "test.parquet",
+                                             "--out", cands, "--k", plan.k, "--beam-width", width))
+        evaluate(run, plan, f"eval_test_w{width}", cands, "test", sweep / f"eval_w{width}", plan.bootstrap)
+        table = pq.read_table(cands).to_pydict()
+        same = [top_exact[u] == items[:10] for u, items in zip(table["user_id"], table["item_ids"])]
+        agreement[width] = sum(same) / len(same)
+    run("plot_beam", sidgr("report", "beam", "--exact", sweep / "eval_exact",
+                           *sum((["--beam", f"{w}={sweep / f'eval_w{w}'}"] for w in agreement), []),
+                           "--out", plan.out))
+    return {"tokenizer": method, "top10_equal_to_exact": agreement}
