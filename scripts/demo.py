@@ -103,10 +103,11 @@ def evaluate(run: Runner, plan: Plan, name: str, cands: Path, split: str, out: P
     return out
 
 
-def train_and_score_on_valid(run: Runner, plan: Plan, name: str, mapping: Path, bindings=()) -> dict:
-    """Train SID-GR (configs/ml100k.gin + bindings) into OUT/name; valid Recall@10 of every kept checkpoint."""
+def train_and_score_on_valid(run: Runner, plan: Plan, name: str, mapping: Path, bindings=(),
+                             config: str = "configs/ml100k.gin") -> dict:
+    """Train SID-GR (`config` + bindings) into OUT/name; valid Recall@10 of every kept checkpoint."""
     run_dir = plan.out / name
-    run(f"train_{name}", sidgr("train", "--nproc", plan.nproc, "--config", "configs/ml100k.gin",
+    run(f"train_{name}", sidgr("train", "--nproc", plan.nproc, "--config", config,
                                *train_overrides(plan, run_dir, mapping), *bindings))
     scores = {}
     for ckpt in checkpoints(run_dir):
@@ -142,6 +143,18 @@ def write_curve_log(run_dir: Path, valid_recall: dict) -> None:
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     records += [{"step": int(c.split("_")[1]), "valid_recall@10": r} for c, r in sorted(valid_recall.items())]
     (run_dir / "curves.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def item_valid_scores(run: Runner, plan: Plan, name: str, config: str, mapping: Path, bindings=()) -> dict:
+    """Train an item-level baseline (`config` + bindings) into OUT/name; the valid Recall@10 its trainer logged
+    for every kept checkpoint (validation target only)."""
+    run_dir = plan.out / name
+    run(f"train_{name}", sidgr("train", "--nproc", plan.nproc, "--config", config,
+                               *train_overrides(plan, run_dir, mapping), *bindings))
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    kept = {c.name for c in checkpoints(run_dir)}
+    return {f"iter_{r['step']:07d}": r["valid_recall@10"] for r in records
+            if "valid_recall@10" in r and f"iter_{r['step']:07d}" in kept}
 
 
 def item_baseline(run: Runner, plan: Plan, name: str, config: str, mapping: Path) -> tuple[Path, dict]:
