@@ -14,9 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
-from sidgr.experiments.pipeline import Plan, Runner, train_and_score_on_valid
+from sidgr.experiments.pipeline import Plan, Runner, item_valid_scores, train_and_score_on_valid
 
 
 def parse_trial(text: str) -> tuple[str, list[str]]:
@@ -36,29 +37,40 @@ def main(argv=None) -> int:
     p.add_argument("--eval-interval", type=int, default=100)
     p.add_argument("--beam-width", type=int, default=256)
     p.add_argument("--nproc", type=int, default=2)
+    p.add_argument("--config", default=None,
+                   help="gin file (default configs/ml100k.gin; configs/ml100k_sasrec.gin with --item)")
+    p.add_argument("--item", action="store_true",
+                   help="item-level model (SASRec-CE, SID-input): its trainer's valid Recall@10 per checkpoint")
     args = p.parse_args(argv)
     mapping = Path(args.data) / f"sids_{args.tokenizer}" / "sids.json"
     if not mapping.exists():
         raise SystemExit(f"tune: {mapping}: no SID mapping (run the demo first, or pass --data/--tokenizer)")
     trials = [parse_trial(t) for t in args.trial]
     plan = Plan(out=Path(args.out), data=Path(args.data), quick=False, nproc=args.nproc, steps=args.steps,
-                     eval_interval=args.eval_interval, beam_width=args.beam_width)
+                eval_interval=args.eval_interval, beam_width=args.beam_width)
     plan.out.mkdir(parents=True, exist_ok=True)
-    per_trial = 1 + 3 * max(args.steps // args.eval_interval, 1)
+    per_trial = 1 if args.item else 1 + 3 * max(args.steps // args.eval_interval, 1)
     run = Runner(plan, per_trial * len(trials))
     results = {}
     for name, bindings in trials:
-        scores = train_and_score_on_valid(run, plan, name, mapping, bindings)
+        t0 = time.perf_counter()
+        if args.item:
+            scores = item_valid_scores(run, plan, name, args.config or "configs/ml100k_sasrec.gin", mapping,
+                                       bindings)
+        else:
+            scores = train_and_score_on_valid(run, plan, name, mapping, bindings,
+                                              args.config or "configs/ml100k.gin")
         best = max(scores, key=lambda c: (scores[c], c))
-        results[name] = {"bindings": bindings, "valid_recall@10": scores, "best": best, "best_value": scores[best]}
+        results[name] = {"bindings": bindings, "valid_recall@10": scores, "best": best, "best_value": scores[best],
+                         "wall_s": round(time.perf_counter() - t0, 1)}
     run.bar.close()
     (plan.out / "tuning.json").write_text(json.dumps(results, indent=2) + "\n")
     ckpts = sorted({c for r in results.values() for c in r["valid_recall@10"]})
     lines = [f"# SID-GR tuning on the valid target ({args.tokenizer} SIDs, {args.steps} steps)", "",
-             "| trial | bindings | " + " | ".join(ckpts) + " | best |", "|---|---|" + "---|" * (len(ckpts) + 1)]
+             "| trial | bindings | " + " | ".join(ckpts) + " | best | wall |", "|---|---|" + "---|" * (len(ckpts) + 2)]
     for name, r in results.items():
         cells = " | ".join(f"{r['valid_recall@10'][c]:.4f}" if c in r["valid_recall@10"] else "—" for c in ckpts)
-        lines.append(f"| {name} | {' '.join(r['bindings']) or '(config as is)'} | {cells} | {r['best_value']:.4f} |")
+        lines.append(f"| {name} | {' '.join(r['bindings']) or '(config as is)'} | {cells} | {r['best_value']:.4f} | {r['wall_s'] / 60:.1f} min |")
     (plan.out / "tuning.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

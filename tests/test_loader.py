@@ -227,3 +227,125 @@ def test_torchrun_tp_peers_and_dp_shards(train_file):
     """4 processes, TP=2 x DP=2: peers identical, shards = the single-process global batches (2 epochs)."""
     proc = run_torchrun("tests/dist/loader_check.py", 4, train_file, 2, timeout=300)
     assert "OK: 4 ranks, tp=2, 16 global batches checked" in proc.stdout
+
+
+# ---- training windows (DataConfig.windows) ----------------------------------------------------------------------
+def _windows_by_user(batches) -> dict[int, list[list[int]]]:
+    out: dict[int, list[list[int]]] = {}
+    for b in batches:
+        for i in range(b.real_size):
+            n = int(b.lengths[i])
+            assert (b.sids[i, n:] == 0).all()
+            out.setdefault(int(b.user_ids[i]), []).append(decode(b.sids[i, :n]).tolist())
+    return out
+
+
+def _position(items: list[int], window: list[int]) -> int:
+    """Where `window` sits inside `items` (PIDs of a user are distinct in these fixtures)."""
+    start = items.index(window[0])
+    assert items[start:start + len(window)] == window
+    return start
+
+
+@pytest.mark.parametrize("max_items", [2, 4, 6])
+def test_strided_windows_make_every_item_after_the_first_a_target_once(train_file, max_items):
+    loader = SequenceLoader(train_file, make_mapping(), cfg(windows="strided", max_items=max_items), 0, 1,
+                            training=True)
+    got = _windows_by_user(epoch(loader))
+    assert sorted(got) == eligible(range(100))
+    rows = 0
+    for u, windows in got.items():
+        items = user_items(u)
+        targets = []
+        for w in windows:
+            start = _position(items, w)
+            assert len(w) == max_items or start == 0  # only the earliest window may be short
+            targets += list(range(start + 1, start + len(w)))
+        assert sorted(targets) == list(range(1, len(items)))  # each item after the first exactly once
+        assert max(_position(items, w) + len(w) for w in windows) == len(items)  # the most recent window is there
+        rows += len(windows)
+    assert loader.num_users == rows and loader.num_batches == -(-rows // 12)
+
+
+def test_recent_is_the_default_and_strided_equals_recent_when_histories_fit(train_file):
+    mapping = make_mapping()
+    assert DataConfig().windows == "recent"
+    a = _stream(SequenceLoader(train_file, mapping, cfg(max_items=9), 0, 1, training=True), 10)
+    b = _stream(SequenceLoader(train_file, mapping, cfg(max_items=9, windows="strided"), 0, 1, training=True), 10)
+    assert a == b
+
+
+@pytest.mark.parametrize("windows", ["strided", "random"])
+@pytest.mark.parametrize("dp_size", [2, 3])
+def test_windowed_dp_shards_are_the_single_process_global_batches(train_file, windows, dp_size):
+    mapping, c = make_mapping(), cfg(windows=windows, max_items=3)
+    whole = epoch(SequenceLoader(train_file, mapping, c, 0, 1, training=True))
+    ranks = [epoch(SequenceLoader(train_file, mapping, c, r, dp_size, training=True)) for r in range(dp_size)]
+    peer = epoch(SequenceLoader(train_file, mapping, c, dp_size - 1, dp_size, training=True))  # a TP peer
+    for x, y in zip(ranks[-1], peer, strict=True):
+        assert torch.equal(x.sids, y.sids) and torch.equal(x.lengths, y.lengths) and x.real_size == y.real_size
+    for i, full in enumerate(whole):
+        parts = [rb[i] for rb in ranks]
+        assert torch.equal(torch.cat([p.sids[:p.real_size] for p in parts]), full.sids[:full.real_size])
+        assert sum((real_uids(p) for p in parts), []) == real_uids(full)
+
+
+def test_random_windows_one_per_user_seeded_and_new_each_epoch(train_file):
+    mapping = make_mapping()
+
+    def two_epochs(seed):
+        loader = SequenceLoader(train_file, mapping, cfg(windows="random", max_items=3, seed=seed), 0, 1,
+                                training=True)
+        return [_windows_by_user(epoch(loader)) for _ in range(2)]
+
+    e0, e1 = two_epochs(5)
+    for got in (e0, e1):
+        assert sorted(got) == eligible(range(100))
+        for u, windows in got.items():
+            assert len(windows) == 1 and 2 <= len(windows[0]) <= 3
+            _position(user_items(u), windows[0])
+    assert e0 != e1 and two_epochs(5) == [e0, e1] and two_epochs(6)[0] != e0
+    ends = {_position(user_items(u), w[0]) + len(w[0]) for u, w in e0.items() if len(user_items(u)) == 9}
+    assert len(ends) > 1  # not always the most recent window
+
+
+@pytest.mark.parametrize("windows", ["strided", "random"])
+@pytest.mark.parametrize("cut", [3, 11, 25])
+def test_windowed_resume_gives_the_same_batch_sequence(train_file, windows, cut):
+    mapping, c = make_mapping(), cfg(windows=windows, max_items=3)
+    straight = _stream(SequenceLoader(train_file, mapping, c, 1, 2, training=True), 40)
+    first = SequenceLoader(train_file, mapping, c, 1, 2, training=True)
+    assert _stream(first, cut) == straight[:cut]
+    resumed = SequenceLoader(train_file, mapping, c, 1, 2, training=True)
+    resumed.load_state_dict(first.state_dict())
+    assert _stream(resumed, 40 - cut) == straight[cut:]
+
+
+def test_windowed_workers_give_the_same_batches(train_file):
+    mapping = make_mapping()
+    c = cfg(windows="strided", max_items=3)
+    inline = _stream(SequenceLoader(train_file, mapping, c, 1, 2, training=True), 10)
+    workers = SequenceLoader(train_file, mapping, cfg(windows="strided", max_items=3, num_workers=2), 1, 2,
+                             training=True)
+    assert _stream(workers, 10) == inline
+
+
+def test_resume_refuses_a_state_with_other_windows(train_file):
+    mapping = make_mapping()
+    state = SequenceLoader(train_file, mapping, cfg(), 0, 1, training=True).state_dict()
+    state.pop("windows"), state.pop("max_items")  # a state written before the switch existed resumes as "recent"
+    SequenceLoader(train_file, mapping, cfg(), 0, 1, training=True).load_state_dict(state)
+    with pytest.raises(ValueError, match="windows"):
+        SequenceLoader(train_file, mapping, cfg(windows="random"), 0, 1, training=True).load_state_dict(state)
+
+
+def test_validation_ignores_windows_and_bad_windows_are_refused(tmp_path, train_file):
+    path = write_sequences(tmp_path / "valid.parquet", list(range(30)), target=True)
+    a = epoch(SequenceLoader(path, make_mapping(), cfg(max_items=3), 0, 1, training=False, append_target=True))
+    b = epoch(SequenceLoader(path, make_mapping(), cfg(max_items=3, windows="strided"), 0, 1, training=False,
+                             append_target=True))
+    assert [(x.sids.tolist(), x.user_ids.tolist()) for x in a] == [(x.sids.tolist(), x.user_ids.tolist()) for x in b]
+    with pytest.raises(ValueError, match="windows"):
+        SequenceLoader(train_file, make_mapping(), cfg(windows="tiled"), 0, 1, training=True)
+    with pytest.raises(ValueError, match="max_items >= 2"):
+        SequenceLoader(train_file, make_mapping(), cfg(windows="strided", max_items=1), 0, 1, training=True)

@@ -24,7 +24,7 @@ def results(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("head_mode", ["shared", "per_level"])
+@pytest.mark.parametrize("head_mode", ["shared", "per_level", "shared_level"])
 def test_tp2_matches_tp1_loss_and_gradients(results, head_mode):
     one, two = results[1]["tp"][head_mode], results[2]["tp"][head_mode]
     assert abs(one["loss"] - two["loss"]) <= 1e-5
@@ -36,6 +36,13 @@ def test_tp2_matches_tp1_loss_and_gradients(results, head_mode):
         torch.testing.assert_close(two["grads"][name], one["grads"][name], atol=1e-5, rtol=0, msg=name)
     # the gradients are not trivially zero
     assert max(g.abs().max().item() for g in one["grads"].values()) > 1e-3
+
+
+def test_level_softmax_is_the_engines_per_level_softmax(results):
+    r = results[1]["level_softmax"]
+    assert r["level"].numel() > 50
+    torch.testing.assert_close(r["level"], r["reference"], atol=1e-5, rtol=0)
+    assert (r["level"] < r["all_levels"]).all()  # fewer competitors: strictly smaller loss per token
 
 
 def test_dp2_half_batches_match_dp1_whole_batch(results):

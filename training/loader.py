@@ -25,6 +25,14 @@ global batch may be short and each rank pads its batch to b rows (lengths 0, use
 rows, possibly 0). Every rank streams the whole file but converts only its own rows (PID -> SID happens when a
 batch is emitted). TP peers pass the same dp_rank and so build identical batches.
 
+Training windows (`DataConfig.windows`): "recent" makes one row per user (its most recent max_items items).
+"strided" makes ceil((n-1)/(max_items-1)) rows from a user with n items: windows of max_items items ending at
+item n, n-(max_items-1), …, so consecutive windows share one item and every item after the first is a target
+exactly once per epoch. "random" makes one row per user ending at a random item (seeded by seed, epoch and the
+row group). Everything above then applies to rows instead of users: the epoch order permutes rows, a user's
+windows sit next to each other in read order (and are shuffled apart within a shuffle window), and the state is
+still (epoch, batches handed out), so DP sharding, TP peers and exact resume are unchanged.
+
 Exact resume: the state is (epoch, batches handed out in that epoch); since the order is layout-independent, a
 run may even resume with another DP size as long as global_batch_size is unchanged. On resume the reader starts
 at the first row group that holds the window containing the first unconsumed position.
@@ -72,9 +80,15 @@ class Batch:
 class _FileIndex:
     rg_rows: np.ndarray  # [R] rows per row group
     rg_start: np.ndarray  # [R] first global row of each row group
-    rg_eligible: np.ndarray  # [R] eligible rows per row group
+    rg_eligible: np.ndarray  # [R] training rows (windows) per row group
     eligible: np.ndarray  # [N] bool
     skipped: int
+    units: np.ndarray | None = None  # [N] training rows (windows) of each file row; None = eligible (one each)
+
+    def row_units(self, start: int, stop: int) -> np.ndarray:
+        if self.units is None:
+            return self.eligible[start:stop].astype(np.int64)
+        return self.units[start:stop]
 
     @property
     def num_eligible(self) -> int:
@@ -151,17 +165,39 @@ def _open(path, append_target: bool) -> pq.ParquetFile:
     return pf
 
 
-def _scan(path, mapping: SIDMapping, cfg: DataConfig, append_target: bool) -> _FileIndex:
+def window_units(num_items: np.ndarray, eligible: np.ndarray, windows: str, max_items: int) -> np.ndarray:
+    """Training rows each file row contributes per epoch (0 for skipped users; see the module docstring)."""
+    if windows == "strided":
+        units = np.maximum(1, -(-(num_items - 1) // (max_items - 1)))
+    else:
+        units = np.ones_like(num_items)
+    return np.where(eligible, units, 0).astype(np.int64)
+
+
+def window_ends(num_items: np.ndarray, unit: np.ndarray, windows: str, max_items: int,
+                uniforms: np.ndarray | None = None) -> np.ndarray:
+    """Exclusive end (an item count) of the `unit`-th window of users with `num_items` items."""
+    if windows == "strided":
+        return num_items - unit * (max_items - 1)
+    if windows == "random":
+        drawn = 2 + np.floor(uniforms * (num_items - 1)).astype(np.int64)  # uniform over 2..n
+        return np.where(num_items >= 2, np.minimum(drawn, num_items), num_items)
+    return num_items
+
+
+def _scan(path, mapping: SIDMapping, cfg: DataConfig, append_target: bool, windows: str = "recent") -> _FileIndex:
     with _open(path, append_target) as pf:
-        return _scan_file(pf, path, mapping, cfg, append_target)
+        return _scan_file(pf, path, mapping, cfg, append_target, windows)
 
 
-def _scan_file(pf: pq.ParquetFile, path, mapping: SIDMapping, cfg: DataConfig, append_target: bool) -> _FileIndex:
+def _scan_file(pf: pq.ParquetFile, path, mapping: SIDMapping, cfg: DataConfig, append_target: bool,
+               windows: str = "recent") -> _FileIndex:
     meta = pf.metadata
     rg_rows = np.array([meta.row_group(g).num_rows for g in range(meta.num_row_groups)], dtype=np.int64)
     rg_start = np.concatenate([[0], np.cumsum(rg_rows)[:-1]]).astype(np.int64)
     eligible = np.zeros(int(rg_rows.sum()), dtype=bool)
     rg_eligible = np.zeros(len(rg_rows), dtype=np.int64)
+    units = np.zeros(int(rg_rows.sum()), dtype=np.int64) if windows == "strided" else None
     for g in range(len(rg_rows)):
         row = int(rg_start[g])
         for batch in _iter_row_group(pf, g, cfg.record_batch_rows, append_target):
@@ -169,9 +205,14 @@ def _scan_file(pf: pq.ParquetFile, path, mapping: SIDMapping, cfg: DataConfig, a
             _check_pids(path, cols, mapping.num_items)
             ok = cols.num_items >= cfg.min_items
             eligible[row:row + len(ok)] = ok
-            rg_eligible[g] += int(ok.sum())
+            if units is None:
+                rg_eligible[g] += int(ok.sum())
+            else:
+                u = window_units(cols.num_items, ok, windows, cfg.max_items)
+                units[row:row + len(ok)] = u
+                rg_eligible[g] += int(u.sum())
             row += len(ok)
-    return _FileIndex(rg_rows, rg_start, rg_eligible, eligible, int(len(eligible) - rg_eligible.sum()))
+    return _FileIndex(rg_rows, rg_start, rg_eligible, eligible, int(len(eligible) - eligible.sum()), units)
 
 
 def _iter_row_group(pf: pq.ParquetFile, g: int, rows: int, append_target: bool) -> Iterator[pa.RecordBatch]:
@@ -278,12 +319,13 @@ class SequenceLoader:
         self.path, self.mapping, self.cfg = str(path), mapping, cfg
         self.dp_rank, self.dp_size, self.training, self.append_target = dp_rank, dp_size, training, append_target
         self.shuffle = bool(cfg.shuffle and training)
+        self.windows = cfg.windows if training else "recent"
         self.rank_batch = cfg.global_batch_size // dp_size
-        self.index = _scan(self.path, mapping, cfg, append_target)
+        self.index = _scan(self.path, mapping, cfg, append_target, self.windows)
         if self.index.num_eligible == 0:
             raise input_error(self.path, "min_items", cfg.min_items,
                               f"no user has enough items ({self.index.skipped} users skipped)")
-        self.num_users = self.index.num_eligible
+        self.num_users = self.index.num_eligible  # training rows (= users unless windows="strided")
         self.num_batches = math.ceil(self.num_users / cfg.global_batch_size)
         self.skipped_users = self.index.skipped
         # [N+1, H]: row N is all zeros, the PID used for padding, so one gather yields zero-padded SIDs
@@ -320,7 +362,8 @@ class SequenceLoader:
         return {"epoch": self._epoch, "batches_consumed": self._consumed, "seed": self.cfg.seed,
                 "global_batch_size": self.cfg.global_batch_size, "shuffle": self.shuffle,
                 "shuffle_window_rows": self.cfg.shuffle_window_rows, "num_users": self.num_users,
-                "num_row_groups": len(self.index.rg_rows), "dp_rank": self.dp_rank, "dp_size": self.dp_size}
+                "num_row_groups": len(self.index.rg_rows), "dp_rank": self.dp_rank, "dp_size": self.dp_size,
+                "windows": self.windows, "max_items": self.cfg.max_items}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue where `state` stopped. The DP layout may differ (global batches do not depend on it); the
@@ -330,6 +373,12 @@ class SequenceLoader:
             if state[key] != mine[key]:
                 raise ValueError(f"loader state has {key}={state[key]!r} but this loader has {mine[key]!r}: "
                                  "resuming would not reproduce the same batches")
+        # states written before the windows switch existed used "recent" windows
+        windows = state.get("windows", "recent")
+        if windows != self.windows or (windows != "recent" and state.get("max_items") != self.cfg.max_items):
+            raise ValueError(f"loader state has windows={windows!r} (max_items={state.get('max_items')}) but this "
+                             f"loader has windows={self.windows!r} (max_items={self.cfg.max_items}): resuming "
+                             "would not reproduce the same batches")
         self._epoch, self._consumed = int(state["epoch"]), int(state["batches_consumed"])
 
     # ---- one epoch ------------------------------------------------------------------------------------------
@@ -352,19 +401,30 @@ class SequenceLoader:
         t = int(order.read_start[rg_first])  # eligible rows read so far, in read order
         for g in order.rg_order[rg_first:]:
             row = int(self.index.rg_start[g])
+            uniforms = (_rng(self.cfg.seed, order.epoch, 2, int(g)).random(int(self.index.rg_rows[g]))
+                        if self.windows == "random" else None)
             for batch in _iter_row_group(pf, int(g), self.cfg.record_batch_rows, self.append_target):
                 n = batch.num_rows
-                elig = np.flatnonzero(self.index.eligible[row:row + n])
+                units = self.index.row_units(row, row + n)
+                in_rg = row - int(self.index.rg_start[g])
                 row += n
-                if elig.size == 0:
+                if not units.any():
                     continue
+                elig = np.repeat(np.arange(n), units)  # one entry per training row, a user's windows together
+                unit = np.arange(elig.size) - np.repeat(np.cumsum(units) - units, units)
                 p = order.positions(t + np.arange(elig.size, dtype=np.int64))
                 t += elig.size
                 k, slot = p // G, p % G - r * b
                 mine = (slot >= 0) & (slot < b) & (k >= start) & ((k - start) % stride == offset)
                 if mine.any():
                     cols = _columns(self.path, batch, self.append_target)
-                    pids, lens = self._truncate(cols, elig[mine])
+                    ends = None
+                    if self.windows != "recent":
+                        sel = elig[mine]
+                        u = uniforms[in_rg + sel] if uniforms is not None else None
+                        ends = window_ends(np.diff(cols.offsets)[sel], unit[mine], self.windows,
+                                           self.cfg.max_items, u)
+                    pids, lens = self._truncate(cols, elig[mine], ends)
                     buf.put(k[mine] * b + slot[mine], pids, lens, cols.user_ids[elig[mine]])
                 done = order.completed(t)
                 while next_k < len(todo) and min(todo[next_k] * G + (r + 1) * b, self.num_users) <= done:
@@ -373,12 +433,17 @@ class SequenceLoader:
                 if next_k == len(todo):
                     return
 
-    def _truncate(self, cols: _Columns, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The most recent max_items items (history, then target) of `rows`, right-padded with the pad PID."""
+    def _truncate(self, cols: _Columns, rows: np.ndarray,
+                  ends: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The most recent max_items items (history, then target) of `rows`, right-padded with the pad PID;
+        with `ends` (training files only), the max_items items before history position ends[i] instead."""
         L = self.cfg.max_items
-        end = cols.offsets[rows + 1]
         has_t = 1 if cols.targets is not None else 0
-        keep = np.minimum(cols.num_items[rows], L)
+        if ends is None:
+            end, n_items = cols.offsets[rows + 1], cols.num_items[rows]
+        else:
+            end, n_items = cols.offsets[rows] + ends, ends
+        keep = np.minimum(n_items, L)
         hist = keep - has_t
         col = np.arange(L, dtype=np.int64)
         in_hist = col[None, :] < hist[:, None]

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 import gin
 
+WINDOWS = ("recent", "strided", "random")
+
 
 @gin.configurable
 @dataclass
@@ -13,6 +15,13 @@ class DataConfig:
     valid_path: str = ""  # valid.parquet (has `target`: appended to the history as the item to predict)
     mapping_path: str = ""  # SID mapping (SIDMapping.load)
     max_items: int = 50  # keep each user's most recent max_items items (history + target)
+    # Training rows per user and epoch (validation always uses "recent"):
+    #   "recent":  one row, the most recent max_items items (items before it are never a target);
+    #   "strided": the history tiled into windows of max_items ending at the last item, stepping back by
+    #              max_items - 1, so every item after the first is a target exactly once per epoch;
+    #   "random":  one row per user, a window of up to max_items items ending at a random item (>= the 2nd),
+    #              drawn from (seed, epoch, row).
+    windows: str = "recent"
     min_items: int = 2  # users with fewer items are skipped and counted
     global_batch_size: int = 128  # users per optimizer step across all DP ranks
     shuffle: bool = True
@@ -27,6 +36,10 @@ class DataConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"DataConfig.{name}={getattr(self, name)} must be >= 1")
+        if self.windows not in WINDOWS:
+            raise ValueError(f"DataConfig.windows={self.windows!r}: expected one of {', '.join(WINDOWS)}")
+        if self.windows == "strided" and self.max_items < 2:
+            raise ValueError("DataConfig.windows='strided' needs max_items >= 2")
         if self.num_workers < 0:
             raise ValueError(f"DataConfig.num_workers={self.num_workers} must be >= 0")
         if self.seed < 0:

@@ -31,7 +31,12 @@ def token_losses(model, hidden: torch.Tensor, batch: TokenBatch) -> TokenLosses:
     labels = batch.labels[rows, cols]
     levels = batch.label_levels[rows, cols]
     if arch.head_mode == "shared":
-        losses = vocab_parallel_cross_entropy(model.head_logits(0, h_sel), labels)
+        logits = model.head_logits(0, h_sel)
+        if getattr(model, "level_softmax", False):
+            from megatron.core import parallel_state as ps
+            logits = level_masked_logits(logits, levels, arch.level_offsets, arch.codebook_sizes,
+                                         ps.get_tensor_model_parallel_rank())
+        losses = vocab_parallel_cross_entropy(logits, labels)
     else:
         losses = torch.zeros(labels.shape[0], dtype=torch.float32, device=hidden.device)
         for h, offset in enumerate(arch.level_offsets):
@@ -40,6 +45,22 @@ def token_losses(model, hidden: torch.Tensor, batch: TokenBatch) -> TokenLosses:
                 ce = vocab_parallel_cross_entropy(model.head_logits(h, h_sel[idx]), labels[idx] - offset)
                 losses = losses.index_put((idx,), ce)
     return TokenLosses(losses, levels, rows, cols)
+
+
+def level_masked_logits(logits: torch.Tensor, levels: torch.Tensor, level_offsets, codebook_sizes,
+                        tp_rank: int = 0) -> torch.Tensor:
+    """Shared head: this rank's vocab slice of the logits [n, V_padded / TP], with every code outside each row's
+    label level (global ids level_offsets[h] .. + codebook_sizes[h]) masked, so the vocab-parallel softmax is
+    the engine's per-level softmax. A rank whose slice holds none of a row's level masks the whole row; the
+    max/sum all-reduces of the vocab-parallel cross-entropy then take everything from the other ranks."""
+    per_rank = logits.shape[-1]
+    col = torch.arange(tp_rank * per_rank, (tp_rank + 1) * per_rank, device=logits.device)
+    offsets = torch.as_tensor(list(level_offsets), dtype=torch.int64, device=logits.device)
+    sizes = torch.as_tensor(list(codebook_sizes), dtype=torch.int64, device=logits.device)
+    lo = offsets[levels].unsqueeze(1)
+    hi = lo + sizes[levels].unsqueeze(1)
+    outside = (col.unsqueeze(0) < lo) | (col.unsqueeze(0) >= hi)
+    return logits.masked_fill(outside, torch.finfo(torch.float32).min)
 
 
 def global_mean_loss(tl: TokenLosses, global_count: torch.Tensor) -> torch.Tensor:

@@ -97,10 +97,11 @@ def evaluate(run: Runner, plan: Plan, name: str, cands: Path, split: str, out: P
     return out
 
 
-def train_and_score_on_valid(run: Runner, plan: Plan, name: str, mapping: Path, bindings=()) -> dict:
-    """Train SID-GR (configs/ml100k.gin + bindings) into OUT/name; valid Recall@10 of every kept checkpoint."""
+def train_and_score_on_valid(run: Runner, plan: Plan, name: str, mapping: Path, bindings=(),
+                             config: str = "configs/ml100k.gin") -> dict:
+    """Train SID-GR (`config` + bindings) into OUT/name; valid Recall@10 of every kept checkpoint."""
     run_dir = plan.out / name
-    run(f"train_{name}", sidgr("train", "--nproc", plan.nproc, "--config", "configs/ml100k.gin",
+    run(f"train_{name}", sidgr("train", "--nproc", plan.nproc, "--config", config,
                                *train_overrides(plan, run_dir, mapping), *bindings))
     scores = {}
     for ckpt in checkpoints(run_dir):
@@ -136,15 +137,23 @@ def write_curve_log(run_dir: Path, valid_recall: dict) -> None:
     (run_dir / "curves.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
+def item_valid_scores(run: Runner, plan: Plan, name: str, config: str, mapping: Path, bindings=()) -> dict:
+    """Train an item-level baseline (`config` + bindings) into OUT/name; the valid Recall@10 its trainer logged
+    for every kept checkpoint (validation target only)."""
+    run_dir = plan.out / name
+    run(f"train_{name}", sidgr("train", "--nproc", plan.nproc, "--config", config,
+                               *train_overrides(plan, run_dir, mapping), *bindings))
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    kept = {c.name for c in checkpoints(run_dir)}
+    return {f"iter_{r['step']:07d}": r["valid_recall@10"] for r in records
+            if "valid_recall@10" in r and f"iter_{r['step']:07d}" in kept}
+
+
 def item_baseline(run: Runner, plan: Plan, name: str, config: str, mapping: Path) -> tuple[Path, dict]:
     """Train an item-level baseline; its trainer logs valid Recall@10 each interval, which picks the checkpoint."""
     run_dir = plan.out / name
-    run(f"train_{name}", sidgr("train", "--nproc", plan.nproc, "--config", config,
-                               *train_overrides(plan, run_dir, mapping)))
-    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    scores = {f"iter_{r['step']:07d}": r["valid_recall@10"] for r in records if "valid_recall@10" in r}
-    kept = {c.name for c in checkpoints(run_dir)}
-    best = max((c for c in scores if c in kept), key=lambda c: (scores[c], c))
+    scores = item_valid_scores(run, plan, name, config, mapping)
+    best = max(scores, key=lambda c: (scores[c], c))
     cands = run_dir / "test_candidates.parquet"
     run(f"score_test_{name}", sidgr("score-items", "--checkpoint", run_dir / "checkpoints" / best,
                                     "--sequences", plan.data / "test.parquet", "--out", cands, "--k", plan.k))

@@ -18,8 +18,10 @@ def configs(head_mode: str, loss_mode: str = "all", num_layers: int = 2):
     from sidgr.training.config import ModelConfig, OptimizerConfig, ParallelConfig
     from sidgr.training.loader import DataConfig
 
+    level_softmax = head_mode == "shared_level"  # the shared head with ModelConfig.level_softmax=True
     mcfg = ModelConfig(hidden_size=32, num_layers=num_layers, num_attention_heads=4, ffn_hidden_size=64,
-                       head_mode=head_mode, loss_mode=loss_mode, dropout=0.0)
+                       head_mode="shared" if level_softmax else head_mode, loss_mode=loss_mode, dropout=0.0,
+                       level_softmax=level_softmax)
     ocfg = OptimizerConfig(optimizer="sgd", lr=0.5, min_lr=0.5, warmup_steps=0, decay_style="constant",
                            weight_decay=0.0, sgd_momentum=0.0, clip_grad=0.0)
     return mcfg, ocfg, ParallelConfig()
@@ -68,7 +70,7 @@ def tp_loss_and_grads(data_dir: str, tp: int) -> dict:
 
     out = {}
     batch, _ = real_batch(data_dir, 0, 1)
-    for head_mode in ("shared", "per_level"):
+    for head_mode in ("shared", "per_level", "shared_level"):
         model, mcfg, *_ = build(head_mode, "all", tp, data_dir)
         tb = layout_for(batch, "all", model.arch, torch.device("cpu"))
         loss, _ = forward_loss(model, model, tb)
@@ -128,6 +130,28 @@ def overfit(data_dir: str, steps: int = 150) -> list[float]:
 
 
 @torch.no_grad()
+def level_softmax_reference(data_dir: str) -> dict:
+    """TP=1: the level-softmax token losses vs -log_softmax over each label's level slice of the full logits."""
+    from sidgr.training.loss import token_losses
+    from sidgr.training.train import layout_for
+
+    model, *_ = build("shared_level", "all", 1, data_dir)
+    model.eval()
+    batch, _ = real_batch(data_dir, 0, 1)
+    tb = layout_for(batch, "all", model.arch, torch.device("cpu"))
+    hidden = model(tb.tokens, tb.is_bos, tb.positions, tb.attention_mask)
+    tl = token_losses(model, hidden, tb)
+    logits = model.head_logits(0, hidden[tl.cols, tl.rows])
+    labels = tb.labels[tl.rows, tl.cols]
+    ref = torch.empty_like(tl.losses)
+    for i, h in enumerate(tl.levels.tolist()):
+        lo, size = model.arch.level_offsets[h], model.arch.codebook_sizes[h]
+        ref[i] = -logits[i, lo:lo + size].log_softmax(-1)[labels[i] - lo]
+    model.level_softmax = False
+    return {"level": tl.losses, "reference": ref, "all_levels": token_losses(model, hidden, tb).losses}
+
+
+@torch.no_grad()
 def all_vs_last(data_dir: str, num_layers: int) -> dict:
     """Per-item token losses: 'all' mode on each user vs 'last' mode on each prefix (users with >= 2 items)."""
     from sidgr.training.loss import token_losses
@@ -164,6 +188,7 @@ def main(data_dir: str, out_path: str) -> None:
         result["dp"] = dp_sgd_steps(data_dir, 0, 1)
         result["all_vs_last"] = {n: all_vs_last(data_dir, n) for n in (1, 2)}
         result["overfit"] = overfit(data_dir)
+        result["level_softmax"] = level_softmax_reference(data_dir)
     else:
         ps.destroy_model_parallel()
         ps.initialize_model_parallel(tensor_model_parallel_size=1)
