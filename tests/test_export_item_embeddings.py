@@ -1,15 +1,11 @@
 """scripts/export_item_embeddings.py: DCP item tables -> [N, D] .npy, and the text/collab fusion."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import export_item_embeddings as eie  # noqa: E402
+import export_item_embeddings as eie  # scripts/ is on pytest's pythonpath (pyproject)
 
 
 @pytest.fixture

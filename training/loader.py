@@ -57,9 +57,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from sidgr.data.readers import open_parquet, sequence_batch
+from sidgr.data.sequences import SequenceBatch
 from sidgr.errors import input_error
 from sidgr.sid.mapping import SIDMapping
 from sidgr.training.loader_config import DataConfig
+from sidgr.training.loader_order import EpochOrder, RowBuffer, epoch_rng, window_ends, window_units
 
 __all__ = ["Batch", "DataConfig", "SequenceLoader"]
 
@@ -95,94 +98,13 @@ class _FileIndex:
         return int(self.rg_eligible.sum())
 
 
-@dataclass
-class _Columns:
-    """One record batch, column-wise: user u's history is values[offsets[u]:offsets[u+1]]."""
-
-    user_ids: np.ndarray
-    offsets: np.ndarray
-    values: np.ndarray
-    targets: np.ndarray | None
-
-    @property
-    def num_items(self) -> np.ndarray:
-        n = np.diff(self.offsets)
-        return n + 1 if self.targets is not None else n
+def _item_counts(sb: SequenceBatch) -> np.ndarray:
+    """Items per row as the loader sees them: the history, plus the target in validation files."""
+    return sb.lengths + (1 if sb.targets is not None else 0)
 
 
-def _columns(path, batch: pa.RecordBatch, append_target: bool) -> _Columns:
-    uid_col = batch.column("user_id")
-    if uid_col.null_count:
-        raise input_error(path, "user_id", None, "null user_id")
-    items = batch.column("item_ids")
-    if not (pa.types.is_list(items.type) or pa.types.is_large_list(items.type)) or \
-            not pa.types.is_integer(items.type.value_type):
-        raise input_error(path, "item_ids", str(items.type), "expected list<int64>")
-    user_ids = uid_col.to_numpy()
-    offsets = np.asarray(items.offsets, dtype=np.int64)  # null lists have equal offsets: 0 items
-    values = items.values
-    if values.null_count:
-        bad = int(np.searchsorted(offsets, _first_null(values), side="right") - 1)
-        raise input_error(path, f"user_id={int(user_ids[bad])} item_ids", None, "null PID in the history")
-    values = values.to_numpy().astype(np.int64, copy=False)
-    targets = None
-    if append_target:
-        tcol = batch.column("target")
-        if tcol.null_count:
-            bad = int(np.flatnonzero(np.asarray(tcol.is_null()))[0])
-            raise input_error(path, f"user_id={int(user_ids[bad])} target", None, "null target")
-        targets = tcol.to_numpy().astype(np.int64, copy=False)
-    return _Columns(user_ids, offsets, values, targets)
-
-
-def _first_null(values: pa.Array) -> int:
-    return int(np.flatnonzero(np.asarray(values.is_null()))[0])
-
-
-def _check_pids(path, cols: _Columns, num_items: int) -> None:
-    used = cols.values[cols.offsets[0]:cols.offsets[-1]]
-    for name, arr in (("item_ids", used), ("target", cols.targets)):
-        if arr is None or arr.size == 0:
-            continue
-        bad = np.flatnonzero((arr < 0) | (arr >= num_items))
-        if bad.size:
-            i = int(bad[0])
-            row = i if name == "target" else int(np.searchsorted(cols.offsets, cols.offsets[0] + i, side="right") - 1)
-            raise input_error(path, f"user_id={int(cols.user_ids[row])} {name}", int(arr[i]),
-                              f"PID outside the SID mapping's 0..{num_items - 1}")
-
-
-def _open(path, append_target: bool) -> pq.ParquetFile:
-    try:
-        pf = pq.ParquetFile(path)
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise input_error(path, "path", str(path), f"cannot open as parquet ({exc})") from None
-    need = ["user_id", "item_ids"] + (["target"] if append_target else [])
-    names = pf.schema_arrow.names
-    for name in need:
-        if name not in names:
-            raise input_error(path, "column", name, f"missing (the file has {names})")
-    return pf
-
-
-def window_units(num_items: np.ndarray, eligible: np.ndarray, windows: str, max_items: int) -> np.ndarray:
-    """Training rows each file row contributes per epoch (0 for skipped users; see the module docstring)."""
-    if windows == "strided":
-        units = np.maximum(1, -(-(num_items - 1) // (max_items - 1)))
-    else:
-        units = np.ones_like(num_items)
-    return np.where(eligible, units, 0).astype(np.int64)
-
-
-def window_ends(num_items: np.ndarray, unit: np.ndarray, windows: str, max_items: int,
-                uniforms: np.ndarray | None = None) -> np.ndarray:
-    """Exclusive end (an item count) of the `unit`-th window of users with `num_items` items."""
-    if windows == "strided":
-        return num_items - unit * (max_items - 1)
-    if windows == "random":
-        drawn = 2 + np.floor(uniforms * (num_items - 1)).astype(np.int64)  # uniform over 2..n
-        return np.where(num_items >= 2, np.minimum(drawn, num_items), num_items)
-    return num_items
+def _open(path, append_target: bool):
+    return open_parquet(path, ["user_id", "item_ids"] + (["target"] if append_target else []))
 
 
 def _scan(path, mapping: SIDMapping, cfg: DataConfig, append_target: bool, windows: str = "recent") -> _FileIndex:
@@ -201,14 +123,13 @@ def _scan_file(pf: pq.ParquetFile, path, mapping: SIDMapping, cfg: DataConfig, a
     for g in range(len(rg_rows)):
         row = int(rg_start[g])
         for batch in _iter_row_group(pf, g, cfg.record_batch_rows, append_target):
-            cols = _columns(path, batch, append_target)
-            _check_pids(path, cols, mapping.num_items)
-            ok = cols.num_items >= cfg.min_items
+            cols = sequence_batch(batch, path, mapping.num_items)
+            ok = _item_counts(cols) >= cfg.min_items
             eligible[row:row + len(ok)] = ok
             if units is None:
                 rg_eligible[g] += int(ok.sum())
             else:
-                u = window_units(cols.num_items, ok, windows, cfg.max_items)
+                u = window_units(_item_counts(cols), ok, windows, cfg.max_items)
                 units[row:row + len(ok)] = u
                 rg_eligible[g] += int(u.sum())
             row += len(ok)
@@ -218,87 +139,6 @@ def _scan_file(pf: pq.ParquetFile, path, mapping: SIDMapping, cfg: DataConfig, a
 def _iter_row_group(pf: pq.ParquetFile, g: int, rows: int, append_target: bool) -> Iterator[pa.RecordBatch]:
     columns = ["user_id", "item_ids"] + (["target"] if append_target else [])
     return pf.iter_batches(batch_size=rows, row_groups=[g], columns=columns, use_threads=False)
-
-
-# ---- the epoch order --------------------------------------------------------------------------------------------
-def _rng(seed: int, epoch: int, kind: int, index: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(epoch, kind, index)))
-
-
-class _EpochOrder:
-    """Maps the t-th eligible row in read order to its position in the epoch's user order."""
-
-    def __init__(self, index: _FileIndex, seed: int, epoch: int, window: int, shuffle: bool):
-        n_rg = len(index.rg_rows)
-        self.shuffle, self.seed, self.epoch, self.window = shuffle, seed, epoch, window
-        self.rg_order = _rng(seed, epoch, 0, 0).permutation(n_rg) if shuffle else np.arange(n_rg)
-        self.read_start = np.concatenate([[0], np.cumsum(index.rg_eligible[self.rg_order])]).astype(np.int64)
-        self.total = index.num_eligible
-        self._perms: dict[int, np.ndarray] = {}
-
-    def positions(self, t: np.ndarray) -> np.ndarray:
-        if not self.shuffle:
-            return t
-        w = t // self.window
-        out = np.empty_like(t)
-        for win in np.unique(w):
-            sel = w == win
-            out[sel] = win * self.window + self._perm(int(win))[t[sel] - win * self.window]
-        return out
-
-    def first_row_group(self, position: int) -> int:
-        """Index into rg_order of the row group where reading must start to produce `position` onwards."""
-        start = (position // self.window) * self.window if self.shuffle else position
-        return int(np.searchsorted(self.read_start, start, side="right") - 1)
-
-    def completed(self, t_read: int) -> int:
-        """Positions [0, completed) are all known once the first t_read eligible rows have been read."""
-        if t_read >= self.total:
-            return self.total
-        return (t_read // self.window) * self.window if self.shuffle else t_read
-
-    def _perm(self, win: int) -> np.ndarray:
-        if win not in self._perms:
-            self._perms = {w: p for w, p in self._perms.items() if w >= win - 1}
-            size = min(self.window, self.total - win * self.window)
-            self._perms[win] = _rng(self.seed, self.epoch, 1, win).permutation(size)
-        return self._perms[win]
-
-
-class _RowBuffer:
-    """Rows of one rank keyed by the rank's stream index j (PIDs right-padded to L), bounded by what is open."""
-
-    def __init__(self, L: int):
-        self.base = 0
-        self.pids = np.zeros((0, L), dtype=np.int64)
-        self.lens = np.zeros(0, dtype=np.int64)
-        self.uids = np.zeros(0, dtype=np.int64)
-
-    def put(self, j: np.ndarray, pids: np.ndarray, lens: np.ndarray, uids: np.ndarray) -> None:
-        need = int(j.max()) - self.base + 1
-        if need > len(self.lens):
-            grow = max(need, 2 * len(self.lens))
-            self.pids = np.concatenate([self.pids, np.zeros((grow - len(self.lens), self.pids.shape[1]), np.int64)])
-            self.lens = np.concatenate([self.lens, np.zeros(grow - len(self.lens), np.int64)])
-            self.uids = np.concatenate([self.uids, np.zeros(grow - len(self.uids), np.int64)])
-        k = j - self.base
-        self.pids[k], self.lens[k], self.uids[k] = pids, lens, uids
-
-    def take(self, j0: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Rows j0 … j0+n-1 (rows never put, padding past the end of the epoch, come back as zeros)."""
-        lo = j0 - self.base
-        have = max(0, min(n, len(self.lens) - lo))
-        pids = np.zeros((n, self.pids.shape[1]), np.int64)
-        lens, uids = np.zeros(n, np.int64), np.zeros(n, np.int64)
-        rows = slice(lo, lo + have)
-        pids[:have], lens[:have], uids[:have] = self.pids[rows], self.lens[rows], self.uids[rows]
-        return pids, lens, uids
-
-    def release_before(self, j: int) -> None:
-        drop = j - self.base
-        if drop > 0 and drop * 2 >= len(self.lens):
-            self.pids, self.lens, self.uids = self.pids[drop:], self.lens[drop:], self.uids[drop:]
-            self.base = j
 
 
 # ---- the loader -------------------------------------------------------------------------------------------------
@@ -385,15 +225,15 @@ class SequenceLoader:
     def epoch_batches(self, epoch: int, start: int = 0, stride: int = 1, offset: int = 0) -> Iterator[Batch]:
         """Batches start, start+1, … of `epoch` for this rank; with stride > 1 only those k with
         (k - start) % stride == offset (one worker's share)."""
-        order = _EpochOrder(self.index, self.cfg.seed, epoch, self.cfg.shuffle_window_rows, self.shuffle)
-        buf = _RowBuffer(self.cfg.max_items)
+        order = EpochOrder(self.index, self.cfg.seed, epoch, self.cfg.shuffle_window_rows, self.shuffle)
+        buf = RowBuffer(self.cfg.max_items)
         todo = [k for k in range(start, self.num_batches) if (k - start) % stride == offset]
         if not todo:
             return
         with _open(self.path, self.append_target) as pf:
             yield from self._stream(pf, order, buf, start, stride, offset, todo)
 
-    def _stream(self, pf, order: _EpochOrder, buf: _RowBuffer, start: int, stride: int, offset: int,
+    def _stream(self, pf, order: EpochOrder, buf: RowBuffer, start: int, stride: int, offset: int,
                 todo: list[int]) -> Iterator[Batch]:
         G, b, r = self.cfg.global_batch_size, self.rank_batch, self.dp_rank
         next_k = 0  # index into todo
@@ -401,7 +241,7 @@ class SequenceLoader:
         t = int(order.read_start[rg_first])  # eligible rows read so far, in read order
         for g in order.rg_order[rg_first:]:
             row = int(self.index.rg_start[g])
-            uniforms = (_rng(self.cfg.seed, order.epoch, 2, int(g)).random(int(self.index.rg_rows[g]))
+            uniforms = (epoch_rng(self.cfg.seed, order.epoch, 2, int(g)).random(int(self.index.rg_rows[g]))
                         if self.windows == "random" else None)
             for batch in _iter_row_group(pf, int(g), self.cfg.record_batch_rows, self.append_target):
                 n = batch.num_rows
@@ -417,7 +257,7 @@ class SequenceLoader:
                 k, slot = p // G, p % G - r * b
                 mine = (slot >= 0) & (slot < b) & (k >= start) & ((k - start) % stride == offset)
                 if mine.any():
-                    cols = _columns(self.path, batch, self.append_target)
+                    cols = sequence_batch(batch, self.path)
                     ends = None
                     if self.windows != "recent":
                         sel = elig[mine]
@@ -433,14 +273,14 @@ class SequenceLoader:
                 if next_k == len(todo):
                     return
 
-    def _truncate(self, cols: _Columns, rows: np.ndarray,
+    def _truncate(self, cols: SequenceBatch, rows: np.ndarray,
                   ends: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The most recent max_items items (history, then target) of `rows`, right-padded with the pad PID;
         with `ends` (training files only), the max_items items before history position ends[i] instead."""
         L = self.cfg.max_items
         has_t = 1 if cols.targets is not None else 0
         if ends is None:
-            end, n_items = cols.offsets[rows + 1], cols.num_items[rows]
+            end, n_items = cols.offsets[rows + 1], _item_counts(cols)[rows]
         else:
             end, n_items = cols.offsets[rows] + ends, ends
         keep = np.minimum(n_items, L)
@@ -448,14 +288,14 @@ class SequenceLoader:
         col = np.arange(L, dtype=np.int64)
         in_hist = col[None, :] < hist[:, None]
         pids = np.full((len(rows), L), self._pad_pid, dtype=np.int64)
-        if cols.values.size:
+        if cols.item_ids.size:
             idx = (end - hist)[:, None] + col[None, :]
-            pids[in_hist] = cols.values[idx[in_hist]]
+            pids[in_hist] = cols.item_ids[idx[in_hist]]
         if has_t:
-            pids[np.arange(len(rows)), hist] = cols.targets[rows]
+            pids[np.arange(len(rows)), hist] = cols.single_targets(self.path)[rows]
         return pids, keep
 
-    def _emit(self, buf: _RowBuffer, k: int) -> Batch:
+    def _emit(self, buf: RowBuffer, k: int) -> Batch:
         G, b = self.cfg.global_batch_size, self.rank_batch
         real = min(b, max(0, self.num_users - (k * G + self.dp_rank * b)))
         pids, lens, uids = buf.take(k * b, b)
