@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from sidgr.logs import get_logger
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="a training checkpoint directory (iter_XXXXXXX)")
@@ -13,5 +15,5 @@ def run(args) -> int:
     from .export import export_checkpoint
 
     out = export_checkpoint(args.checkpoint, args.out)
-    print(f"wrote engine {out}")
+    get_logger("sidgr.export").info(f"wrote engine {out}")
     return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from sidgr.errors import input_error
+from sidgr.logs import get_logger
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -53,5 +54,5 @@ def run(args) -> int:
         raise input_error("--k", "k", args.k, f"larger than the final beam width {widths[-1]}")
     params = RetrievalParams(args.k, widths, not args.include_history, args.exact, args.batch_size)
     users = retrieve_file(engine, args.engine, args.sequences, args.out, params)
-    print(f"wrote {args.out} ({users} users, k={args.k})")
+    get_logger("sidgr.retrieve").info(f"wrote {args.out} ({users} users, k={args.k})")
     return 0

@@ -1,5 +1,5 @@
 """Retrieval benchmark: the engine's KV-cache constrained beam vs (a) a no-cache decoder that packs all beams of a
-user into one sequence and recomputes it every step (seed 001's generate()) and (b) a brute-force prefix check
+user into one sequence and recomputes it every step (NVIDIA sid_gr example's generate()) and (b) a brute-force prefix check
 against the whole catalog every step (GRID's), all in one run, on a random-weight engine.
 
 Reports candidates/s and ms per batch (wall-clock median), the dense-FLOP ratio of (a) to ours ("flop x": the

@@ -18,6 +18,7 @@ from sidgr.data.ragged import Ragged
 from sidgr.data.readers import Candidates, check_unique_users, read_num_items, read_sequences, write_candidates
 from sidgr.errors import input_error
 from sidgr.ranking import top_k_unseen
+from sidgr.logs import get_logger
 
 
 def popularity_order(counts: np.ndarray) -> np.ndarray:
@@ -82,5 +83,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     info = run_popularity(args.train, args.sequences, args.items, args.out, args.k, not args.include_history)
-    print(f"wrote {args.out}: {info}")
+    get_logger("sidgr.baseline").info(f"wrote {args.out}: {info}")
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from sidgr.errors import input_error
+from sidgr.logs import get_logger
 
 
 def parse_ks(text: str) -> tuple[int, ...]:
@@ -39,5 +40,5 @@ def run(args: argparse.Namespace) -> int:
                                        parse_ks(args.ks), args.bootstrap, args.seed)
     paths = write_outputs(args.out, report, per_user, users)
     print(markdown_report(report))
-    print(f"wrote {paths['json']}, {paths['markdown']}, {paths['per_user']}")
+    get_logger("sidgr.evaluate").info(f"wrote {paths['json']}, {paths['markdown']}, {paths['per_user']}")
     return 0

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from sidgr.errors import input_error
 from sidgr.io import atomic_path
+from sidgr.logs import get_logger
 
 DEFAULT_COLUMNS = ("recall@10", "ndcg@10", "recall@50", "coverage@10")
 STEP_KEYS = ("step", "iteration", "iter", "global_step")
@@ -258,5 +259,5 @@ def run(args: argparse.Namespace) -> int:
             points[int(width)] = load_report(path)
         exact = load_report(args.exact) if args.exact else None
         written = [plot_recall_vs_beam(points, exact, Path(args.out) / "recall_vs_beam.png", args.metric)]
-    print("wrote " + ", ".join(str(p) for p in written))
+    get_logger("sidgr.report").info("wrote " + ", ".join(str(p) for p in written))
     return 0

@@ -59,7 +59,7 @@ def test_plain_and_chunked_round_trip_equal(mapping, tmp_path):
     assert not list(tmp_path.rglob("*.tmp"))  # no leftovers from the atomic writes
 
 
-def test_plain_seed001_tensor_file(mapping, tmp_path):
+def test_plain_tensor_file_of_the_sid_gr_example(mapping, tmp_path):
     torch.save(mapping.codes.to(torch.int32), tmp_path / "mapping.pt")  # a bare tensor, no JSON beside it
     loaded = SIDMapping.load(tmp_path / "mapping.pt")
     assert torch.equal(loaded.codes, mapping.codes) and loaded.codes.dtype == torch.int64

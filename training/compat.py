@@ -1,4 +1,4 @@
-"""CPU compatibility layer for Megatron-Core (see shared/notes/megatron-on-cpu.md), scoped to a context.
+"""CPU compatibility layer for Megatron-Core, scoped to a context.
 
 Megatron-Core assumes CUDA: it seeds and forks the CUDA RNG, places buffers on `torch.cuda.current_device()`,
 creates tensors with `device='cuda'` or `.cuda()`, synchronizes streams and asserts `torch.cuda.FloatTensor`.

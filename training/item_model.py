@@ -4,7 +4,8 @@ One token per item (no BOS), positions 0..S-1, plain causal attention over the v
 position t scores the next item t+1 with a full softmax over the catalog (a vocab-parallel `ColumnParallelLinear`
 head over N items, padded to a multiple of lcm(vocab_pad_multiple, TP), padding masked).
 
-Item input (`item_input`, seed 003), summed with a learned position embedding, then dropout:
+Item input (`item_input`; the RQ-sum and prefix-N fusions of the "Enriching Recommendation Models with Semantic
+IDs" study on HSTU), summed with a learned position embedding, then dropout:
   'id'         one row per item (`embedding.items`, a `VocabParallelEmbedding` over N): SASRec-CE
   'rqsum'      sum of the item's per-level code embeddings (`embedding.codes`, rows offset by level)
   'prefixn'    sum of the embeddings of its prefixes of length 1..H (`embedding.prefixes.{h}`, one table per

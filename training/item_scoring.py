@@ -21,6 +21,7 @@ from pathlib import Path
 
 
 from sidgr.errors import InputError, input_error
+from sidgr.logs import get_logger
 
 
 def resolve_checkpoint(path) -> Path:
@@ -151,8 +152,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     info = score(args.checkpoint, args.sequences, args.out, args.k, args.batch_size, args.mapping,
                  exclude_history=not args.include_history)
-    if os.environ.get("RANK", "0") == "0":
-        print(f"wrote {args.out}: {info}")
+    get_logger("sidgr.score-items").info(f"wrote {args.out}: {info}")
     return 0
 
 

@@ -15,6 +15,9 @@ from pathlib import Path
 import torch
 
 from sidgr.errors import input_error
+from sidgr.logs import get_logger
+
+log = get_logger("sidgr.train")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -80,11 +83,10 @@ def run(cfgs: dict, resume: bool) -> dict:
             if state["rng"] is not None:
                 set_rng_state(state["rng"])
         rank0 = info.is_rank0
-        if rank0:
-            print(f"[sidgr train] world={info.world_size} TP={info.tp_size} DP={info.dp_size} "
-                  f"params/rank={sum(p.numel() for p in model.parameters()):,} users={train_loader.num_users} "
-                  f"skipped_users={train_loader.skipped_users} batches/epoch={train_loader.num_batches} "
-                  f"start_step={step}", flush=True)
+        log.info(f"world={info.world_size} TP={info.tp_size} DP={info.dp_size} "
+                 f"params/rank={sum(p.numel() for p in model.parameters()):,} users={train_loader.num_users} "
+                 f"skipped_users={train_loader.skipped_users} batches/epoch={train_loader.num_batches} "
+                 f"start_step={step}")
         metrics = MetricsLog(run_dir, step, rank0)
         wandb_run = WandbRun(tcfg.wandb, tcfg.wandb_project, run_dir,
                              {k: asdict(v) for k, v in cfgs.items() if k != "config_str"}, rank0)
@@ -101,9 +103,7 @@ def run(cfgs: dict, resume: bool) -> dict:
             metrics.add(rec)
             wandb_run.log(rec)
             metrics.flush()
-            if rank0:
-                tqdm.write(f"[sidgr train] step {at} " + " ".join(f"{k} {v:.4f}" for k, v in rec.items()
-                                                                   if k != "step"))
+            log.info(f"step {at} " + " ".join(f"{k} {v:.4f}" for k, v in rec.items() if k != "step"))
 
         bar = tqdm(total=tcfg.train_steps, initial=step, disable=not (rank0 and tcfg.progress),
                    dynamic_ncols=True, desc="train")
@@ -142,8 +142,7 @@ def run(cfgs: dict, resume: bool) -> dict:
         summary = {"step": step, "mean_tokens_per_s": throughput.tokens_per_s(), **peak_memory_mb(info.device)}
         metrics.add(summary)
         metrics.flush()
-        if rank0:
-            print(f"[sidgr train] done: {json.dumps(summary)}", flush=True)
+        log.info(f"done: {json.dumps(summary)}")
         if rank0 and metrics.records:
             plot_loss_curves(metrics.records, run_dir / "loss_curves.png")
         wandb_run.finish()

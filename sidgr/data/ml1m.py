@@ -15,7 +15,7 @@ Item text, as ml100k: "Title (year). Genres: a, b." with a library-style trailin
 movies.dat is latin-1 in the GroupLens original; a UTF-8 copy is accepted too (UTF-8 is tried first: a
 latin-1 file with accented titles is never valid UTF-8). A rated MovieID that movies.dat does not list is
 still an item, with null title/year, no genres and empty text, counted in stats.json `items_without_text`
-(the reconstructed ratings.dat of shared/data has 91 such placeholder MovieIDs, 4001-4091).
+(the reconstructed ratings.dat of the benchmark copy has 91 such placeholder MovieIDs, 4001-4091).
 users.dat must list every rated UserID; its demographic fields are not used.
 """
 from __future__ import annotations

@@ -4,7 +4,7 @@ On disk (written by `save`):
   <stem>.json             metadata: codebook_sizes, num_items, method, embedding_model, seed, dedup_level, chunks
   <stem>.pt               the [H, N] tensor, or
   <stem>.chunk00000.pt …  [H, n_i] chunks concatenated along the item axis
-`load` also accepts a plain tensor file written by another tool (seed 001's format: a tensor [H, N], or a
+`load` also accepts a plain tensor file written by another tool (NVIDIA's sid_gr example format: a tensor [H, N], or a
 list/tuple of such chunks), inferring codebook sizes as max code + 1 per level when no metadata is beside it.
 """
 from __future__ import annotations
@@ -124,7 +124,7 @@ def _load_tensor(path: Path) -> torch.Tensor:
     if not path.exists():
         raise input_error(path, "chunk", str(path), "SID mapping chunk listed in metadata is missing")
     obj = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(obj, (list, tuple)):  # seed 001 writes chunk lists too
+    if isinstance(obj, (list, tuple)):  # the sid_gr example writes chunk lists too
         obj = torch.cat([torch.as_tensor(t) for t in obj], dim=1)
     if not isinstance(obj, torch.Tensor):
         raise input_error(path, "type", type(obj).__name__, "expected a tensor [H, N] (or a list of chunks)")
