@@ -121,14 +121,14 @@ def test_item_models_learn_and_beat_popularity(request, synth, which):
 def _score(synth, *flags, nproc=1) -> dict:
     tmp, paths = synth
     out = tmp / ("cands" + "".join(flags).replace("-", "_") + f"_{nproc}.parquet")
-    run_torchrun("sidgr.training.item_scoring", nproc, "--checkpoint", str(tmp / "run_id"), "--queries",
+    run_torchrun("sidgr.training.item_scoring", nproc, "--checkpoint", str(tmp / "run_id"), "--sequences",
                  paths["test"], "--out", str(out), *flags, timeout=240)
     return pq.read_table(out).to_pydict()
 
 
 @pytest.fixture(scope="module")
 def full_ranking(synth, sasrec):
-    return _score(synth, "--top-k", "240")
+    return _score(synth, "--k", "240", "--include-history")
 
 
 @pytest.mark.dist
@@ -142,10 +142,27 @@ def test_scoring_a_checkpoint_reproduces_the_trained_model(sasrec, full_ranking)
 @pytest.mark.slow
 def test_scoring_excludes_history_under_tp2(synth, full_ranking):
     full = full_ranking
-    excl = _score(synth, "--top-k", "20", "--exclude-history", nproc=2)
+    excl = _score(synth, "--k", "20", nproc=2)  # the whole history is excluded by default
     test = pq.read_table(synth[1]["test"]).to_pydict()
     assert excl["user_id"] == full["user_id"] == test["user_id"]
     for hist, ranked, got in zip(test["item_ids"], full["item_ids"], excl["item_ids"]):
         assert sorted(ranked) == list(range(240))  # full-catalog protocol: every item ranked once
         assert not set(got) & set(hist)
         assert got == [i for i in ranked if i not in set(hist)][:20]
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_validation_during_training_equals_sidgr_evaluate(synth, sasrec, tmp_path):
+    """The checkpoint-selecting number is the reported number: the trainer's valid Recall@10/NDCG@10 equal
+    `sidgr evaluate` on `sidgr score-items` candidates for valid.parquet (whole history excluded in both)."""
+    from sidgr.evaluate import evaluate
+
+    tmp, paths = synth
+    cands = tmp_path / "valid_cands.parquet"
+    run_torchrun("sidgr.training.item_scoring", 1, "--checkpoint", str(tmp / "run_id"), "--sequences",
+                 paths["valid"], "--out", str(cands), "--k", "10", timeout=240)
+    report, _, _ = evaluate(cands, paths["valid"], paths["items"], exclude_history=True, ks=(10,), bootstrap=0)
+    assert report["metrics"]["recall@10"]["mean"] == pytest.approx(sasrec["valid_recall@10"], abs=1e-12)
+    assert report["metrics"]["ndcg@10"]["mean"] == pytest.approx(sasrec["valid_ndcg@10"], abs=1e-12)
+    assert 0 < sasrec["valid_recall@10"] < 1
