@@ -1,15 +1,27 @@
-"""The README's main job in its --quick form: every stage runs and the comparison table is well formed."""
+"""The README's main job in its --quick form (one demo run shared by every test here): every stage runs, the
+comparison table is well formed, each model's checkpoint is chosen on the validation target and tested once,
+every candidate list is valid and history-free, and the beam agrees with the exact ranking."""
 import json
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = ["popularity", "sasrec_ce", "sid_input", "sid-gr (rqkmeans)", "sid-gr (balanced)", "sid-gr (rqvae)"]
 CELL = re.compile(r"^0\.\d{4} \[0\.\d{4}, 0\.\d{4}\]$")
+RUN_DIRS = {"popularity": "popularity", "sasrec_ce": "sasrec_ce", "sid_input": "sid_input",
+            "sid-gr (rqkmeans)": "sidgr_rqkmeans", "sid-gr (balanced)": "sidgr_balanced", "sid-gr (rqvae)": "sidgr_rqvae"}
+K = 50  # the demo's list length
+# Quick run (20 steps, W=64, k=50, 943 test users): 0.994 of the users get the exact top-10 from the beam. A beam
+# that drops good prefixes or mis-scores paths loses far more than 10% of the users.
+BEAM_AGREEMENT_FLOOR = 0.9
+
+pytestmark = [pytest.mark.dist, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
@@ -53,3 +65,92 @@ def test_selection_used_valid_and_beam_agrees_with_exact(demo):
     assert agreement and all(0.0 <= v <= 1.0 for v in agreement.values())
     assert (demo / "recall_vs_beam.png").stat().st_size > 0
     assert (demo / "training_loss.png").stat().st_size > 0
+
+
+@pytest.fixture(scope="module")
+def summary(demo):
+    return json.loads((demo / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def commands(summary):
+    """Every stage's argv (after `python -m sidgr.cli`), in run order."""
+    argvs = [shlex.split(line) for line in summary["commands"]]
+    assert all(a[1:3] == ["-m", "sidgr.cli"] for a in argvs)
+    return [a[3:] for a in argvs]
+
+
+def flag(argv, name):
+    return argv[argv.index(name) + 1] if name in argv else None
+
+
+def test_beam_top10_agrees_with_exact_at_the_widest_beam(summary):
+    agreement = {int(w): v for w, v in summary["beam_vs_exact"]["top10_equal_to_exact"].items()}
+    widest = max(agreement)
+    assert widest >= K
+    assert agreement[widest] >= BEAM_AGREEMENT_FLOOR, agreement
+
+
+def test_selected_checkpoint_is_the_argmax_of_the_recorded_valid_scores(demo, summary):
+    selection = summary["selection"]
+    assert sorted(selection) == sorted(d for d in RUN_DIRS.values() if d != "popularity")
+    for name, sel in selection.items():
+        scores = sel["valid_recall@10_by_checkpoint"]
+        assert scores and all(0.0 <= v <= 1.0 for v in scores.values()), name
+        assert scores[sel["selected"]] == max(scores.values()), (name, sel)
+        run_dir = demo / name
+        assert (run_dir / "checkpoints" / sel["selected"]).is_dir(), name
+        if name.startswith("sidgr_"):  # the scores are sidgr evaluate's valid Recall@10 of each exported checkpoint
+            assert Path(sel["engine"]) == run_dir / "engines" / sel["selected"]
+            for ckpt, value in scores.items():
+                report = json.loads((run_dir / "valid" / ckpt / "metrics.json").read_text())
+                assert report["metrics"]["recall@10"]["mean"] == value, (name, ckpt)
+        else:  # the scores are what the item trainer logged on the valid target
+            logged = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+            logged = {f"iter_{r['step']:07d}": r["valid_recall@10"] for r in logged if "valid_recall@10" in r}
+            assert all(logged[ckpt] == value for ckpt, value in scores.items()), name
+
+
+def test_test_target_is_evaluated_once_per_model_with_the_selected_checkpoint(demo, summary, commands):
+    data = demo.parent / "data"
+    evals = [a for a in commands if a[0] == "evaluate"]
+    on_test = [Path(flag(a, "--out")) for a in evals if Path(flag(a, "--targets")) == data / "test.parquet"]
+    on_valid = [Path(flag(a, "--out")) for a in evals if Path(flag(a, "--targets")) == data / "valid.parquet"]
+    assert len(on_test) + len(on_valid) == len(evals)
+    for row, run_dir in RUN_DIRS.items():
+        assert on_test.count(demo / run_dir / "test") == 1, row
+    # the only other test evaluations are the beam-width analysis of the selected balanced engine
+    assert all(out.parent == demo / "beam_sweep" for out in on_test if out.name != "test")
+    assert all(out.parent.parent.name.startswith("sidgr_") and out.parent.name == "valid" for out in on_valid)
+    # the test lists come from the selected checkpoint, and nothing else of a model reads the test users
+    selection = summary["selection"]
+    for name, sel in selection.items():
+        reads = [a for a in commands if Path(flag(a, "--sequences") or "-") == data / "test.parquet"
+                 and demo / name in Path(flag(a, "--out")).parents]
+        assert len(reads) == 1, (name, reads)
+        source = Path(flag(reads[0], "--engine") or flag(reads[0], "--checkpoint"))
+        assert source.name == sel["selected"], (name, source)
+        assert Path(flag(reads[0], "--out")) == demo / name / "test_candidates.parquet"
+    sweep_engines = {flag(a, "--engine") for a in commands
+                     if a[0] == "retrieve" and Path(flag(a, "--out")).parent == demo / "beam_sweep"}
+    assert sweep_engines == {selection["sidgr_balanced"]["engine"]}
+
+
+def test_no_candidate_is_invalid_repeated_or_in_the_history(demo):
+    data = demo.parent / "data"
+    num_items = pq.read_metadata(data / "items.parquet").num_rows
+    histories = {split: dict(zip(t["user_id"], map(set, t["item_ids"])))
+                 for split in ("valid", "test")
+                 for t in [pq.read_table(data / f"{split}.parquet", columns=["user_id", "item_ids"]).to_pydict()]}
+    lists = [(demo / d / "test_candidates.parquet", "test") for d in RUN_DIRS.values()]
+    lists += [(p, "test") for p in sorted((demo / "beam_sweep").glob("*.parquet"))]
+    lists += [(p, "valid") for p in sorted(demo.glob("sidgr_*/valid/*.parquet"))]
+    assert len(lists) >= len(RUN_DIRS) + 2 + 3
+    for path, split in lists:
+        table = pq.read_table(path, columns=["user_id", "item_ids"]).to_pydict()
+        history = histories[split]
+        assert sorted(table["user_id"]) == sorted(history), path
+        for user, items in zip(table["user_id"], table["item_ids"]):
+            assert 0 < len(items) <= K and len(set(items)) == len(items), (path, user)
+            assert all(0 <= i < num_items for i in items), (path, user, items)
+            assert not set(items) & history[user], (path, user)

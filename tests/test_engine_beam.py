@@ -105,7 +105,7 @@ def test_bad_widths_and_k():
         eng.retrieve(hist, k=9, widths=[8, 8, 8, 8])
     with pytest.raises(InputError, match="empty history"):
         eng.retrieve([torch.tensor([1]), torch.tensor([], dtype=torch.int64)], k=1, widths=4)
-    with pytest.raises(InputError, match="item_ids=150: item id outside"):
+    with pytest.raises(InputError, match="item_ids=150: outside the catalog"):
         eng.retrieve([torch.tensor([1, 150])], k=1, widths=4)
 
 

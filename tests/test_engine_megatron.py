@@ -7,7 +7,7 @@ import torch
 from engine_megatron_worker import HEAD_MODES, SIZES, make_batch
 from launch import run_torchrun
 
-pytestmark = pytest.mark.dist
+pytestmark = [pytest.mark.dist, pytest.mark.slow]
 
 
 @pytest.mark.parametrize("tp", [1, 2])

@@ -10,7 +10,7 @@ from sidgr.arch import ModelArch
 from sidgr.cli import main
 from sidgr.inference.random_engine import random_mapping, random_state_dict
 from sidgr.inference.engine import Engine
-from sidgr.inference.retrieve_cli import FAIL_AFTER_ENV
+from sidgr.inference.batch_retrieval import FAIL_AFTER_ENV
 from sidgr.inference.weights import save_engine
 
 SIZES = (8, 6, 8)
@@ -39,7 +39,7 @@ def retrieve(tmp_path, out, *extra, seq="test.parquet"):
 
 def test_output_matches_engine_and_excludes_history(setup):
     tmp_path, hist = setup
-    assert retrieve(tmp_path, "c.parquet", "--exclude-history") == 0
+    assert retrieve(tmp_path, "c.parquet") == 0  # the history is excluded by default
     t = pq.read_table(tmp_path / "c.parquet")
     assert t.schema.names == ["user_id", "item_ids", "scores"]
     assert t.column("user_id").to_pylist() == list(range(100, 100 + N_USERS))
@@ -79,8 +79,8 @@ def test_changed_parameters_discard_old_parts(setup, monkeypatch):
     with pytest.raises(RuntimeError):
         retrieve(tmp_path, "c.parquet")
     monkeypatch.delenv(FAIL_AFTER_ENV)
-    assert retrieve(tmp_path, "c.parquet", "--exclude-history") == 0
-    assert retrieve(tmp_path, "ref.parquet", "--exclude-history") == 0
+    assert retrieve(tmp_path, "c.parquet", "--include-history") == 0
+    assert retrieve(tmp_path, "ref.parquet", "--include-history") == 0
     assert (tmp_path / "c.parquet").read_bytes() == (tmp_path / "ref.parquet").read_bytes()
 
 
@@ -92,8 +92,8 @@ def write_seq(tmp_path, hist, name="bad.parquet"):
 
 
 @pytest.mark.parametrize("case,extra,message", [
-    ("pid", [], "user_id 11 item_ids=100: item id outside the engine's SID mapping 0..99"),
-    ("empty", [], "user_id 11 item_ids=[]: empty history"),
+    ("pid", [], "user_id=11 item_ids=100: outside the catalog 0..99"),
+    ("empty", [], "user_id=11 item_ids=[]: empty history"),
     ("width0", ["--beam-width", "0"], "beam width=0: must be >= 1"),
     ("k", ["--beam-widths", "4,16,6"], "k=7: larger than the final beam width 6"),
     ("levels", ["--beam-widths", "4,16"], "need one width per level"),
@@ -122,7 +122,7 @@ def test_bad_input_is_one_line_error_without_output(setup, capsys, case, extra, 
 
 def test_exact_cli_equals_full_width_beam(setup):
     tmp_path, _ = setup
-    common = ["--k", "20", "--exclude-history"]  # argparse: the later --k wins
+    common = ["--k", "20", "--include-history"]  # argparse: the later --k wins
     assert retrieve(tmp_path, "exact.parquet", "--exact", *common) == 0
     assert retrieve(tmp_path, "beam.parquet", "--beam-widths", "4096,4096,4096", *common) == 0
     a, b = pq.read_table(tmp_path / "exact.parquet"), pq.read_table(tmp_path / "beam.parquet")

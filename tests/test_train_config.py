@@ -37,6 +37,7 @@ def test_config_files_parse_and_bind_every_dataclass():
 
 
 @pytest.mark.dist
+@pytest.mark.slow
 def test_mapping_that_disagrees_with_the_config_fails_before_training(tmp_path):
     """End to end through `sidgr train` (which execs torchrun): one line naming the file, field and value."""
     paths = write_dataset(tmp_path / "data", num_users=8)
@@ -54,7 +55,7 @@ def test_mapping_that_disagrees_with_the_config_fails_before_training(tmp_path):
 def test_mapping_level_count_mismatch_names_the_levels(tmp_path):
     from sidgr.errors import InputError
     from sidgr.sid.mapping import SIDMapping
-    from sidgr.training.train import config_codebook_sizes
+    from sidgr.training.task import config_codebook_sizes
 
     paths = write_dataset(tmp_path / "data", num_users=8)
     mapping = SIDMapping.load(paths["mapping"])

@@ -57,7 +57,8 @@ def train_one_step(info) -> dict:
     from sidgr.training.dist import seed_everything
     from sidgr.training.model import build_model
     from sidgr.training.optim import build_optimizer, build_scheduler, wrap_ddp
-    from sidgr.training.train import layout_for, train_step
+    from sidgr.training.sidgr_task import layout_for
+    from sidgr.training.train import train_step
 
     sizes = (6, 5, 7)
     seed_everything(3)

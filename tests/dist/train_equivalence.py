@@ -66,7 +66,8 @@ def build(head_mode, loss_mode, tp, data_dir, seed=11, num_layers=2):
 
 
 def tp_loss_and_grads(data_dir: str, tp: int) -> dict:
-    from sidgr.training.train import forward_loss, layout_for
+    from sidgr.training.loss import forward_loss
+    from sidgr.training.sidgr_task import layout_for
 
     out = {}
     batch, _ = real_batch(data_dir, 0, 1)
@@ -90,7 +91,8 @@ def _gather_grad(p, tp):
 
 def dp_sgd_steps(data_dir: str, dp_rank: int, dp_size: int, steps: int = 2) -> dict:
     from sidgr.training.optim import build_optimizer, build_scheduler, wrap_ddp
-    from sidgr.training.train import layout_for, train_step
+    from sidgr.training.sidgr_task import layout_for
+    from sidgr.training.train import train_step
 
     model, mcfg, ocfg, pcfg = build("per_level", "all", 1, data_dir)
     ddp = wrap_ddp(model, ocfg, pcfg)
@@ -109,7 +111,8 @@ def overfit(data_dir: str, steps: int = 150) -> list[float]:
     from sidgr.training.config import OptimizerConfig
     from sidgr.training.loader import DataConfig, SequenceLoader
     from sidgr.training.optim import build_optimizer, build_scheduler, wrap_ddp
-    from sidgr.training.train import layout_for, train_step
+    from sidgr.training.sidgr_task import layout_for
+    from sidgr.training.train import train_step
 
     model, mcfg, _, pcfg = build("shared", "all", 1, data_dir)
     ocfg = OptimizerConfig(lr=1e-2, warmup_steps=5, weight_decay=0.0)
@@ -133,7 +136,7 @@ def overfit(data_dir: str, steps: int = 150) -> list[float]:
 def level_softmax_reference(data_dir: str) -> dict:
     """TP=1: the level-softmax token losses vs -log_softmax over each label's level slice of the full logits."""
     from sidgr.training.loss import token_losses
-    from sidgr.training.train import layout_for
+    from sidgr.training.sidgr_task import layout_for
 
     model, *_ = build("shared_level", "all", 1, data_dir)
     model.eval()
@@ -155,7 +158,7 @@ def level_softmax_reference(data_dir: str) -> dict:
 def all_vs_last(data_dir: str, num_layers: int) -> dict:
     """Per-item token losses: 'all' mode on each user vs 'last' mode on each prefix (users with >= 2 items)."""
     from sidgr.training.loss import token_losses
-    from sidgr.training.train import layout_for
+    from sidgr.training.sidgr_task import layout_for
     from sidgr.training.loader import Batch
 
     model, *_ = build("shared", "all", 1, data_dir, num_layers=num_layers)
