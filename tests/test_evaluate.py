@@ -58,7 +58,7 @@ def test_cli_writes_json_markdown_and_per_user(files, tmp_path):
     cands, targets = files
     out = tmp_path / "out"
     rc = cli.main(["evaluate", "--candidates", str(cands), "--targets", str(targets), "--items", "10",
-                   "--out", str(out), "--ks", "1,5,10", "--bootstrap", "200", "--seed", "3"])
+                   "--out", str(out), "--ks", "1,5,10", "--bootstrap", "200", "--seed", "3", "--include-history"])
     assert rc == 0
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "metrics.md", "per_user.parquet"]
     report = json.loads((out / "metrics.json").read_text())
@@ -74,7 +74,8 @@ def test_cli_writes_json_markdown_and_per_user(files, tmp_path):
     assert per_user["mrr"] == pytest.approx([0.5, 1 / 3, 0, 0])
     # same seed, same numbers
     cli.main(["evaluate", "--candidates", str(cands), "--targets", str(targets), "--items", "10",
-              "--out", str(tmp_path / "again"), "--ks", "1,5,10", "--bootstrap", "200", "--seed", "3"])
+              "--out", str(tmp_path / "again"), "--ks", "1,5,10", "--bootstrap", "200", "--seed", "3",
+              "--include-history"])
     assert json.loads((tmp_path / "again" / "metrics.json").read_text())["metrics"] == report["metrics"]
 
 
@@ -162,7 +163,7 @@ def tiny(tmp_path):
 def test_popularity_ranks_by_count_then_item_id(tiny, tmp_path):
     train, test = tiny
     out = tmp_path / "pop.parquet"
-    baselines.run_popularity(train, test, 6, out, top_k=4)
+    baselines.run_popularity(train, test, 6, out, top_k=4, exclude_history=False)
     got = pq.read_table(out).to_pydict()
     assert got["user_id"] == [0, 1, 2]
     assert got["item_ids"] == [[1, 2, 4, 0]] * 3
@@ -199,8 +200,8 @@ def test_popularity_chunked_exclusion_matches_one_chunk():
 
 def test_popularity_cli_rejects_out_of_catalog_train_items(tiny, tmp_path, capsys):
     train, test = tiny
-    rc = baselines.main(["popularity", "--train", str(train), "--queries", str(test), "--items", "3",
-                         "--out", str(tmp_path / "p.parquet")])
+    rc = cli.main(["baseline", "popularity", "--train", str(train), "--sequences", str(test), "--items", "3",
+                   "--out", str(tmp_path / "p.parquet")])
     assert rc == 1
     assert "outside the catalog" in capsys.readouterr().err
     assert not (tmp_path / "p.parquet").exists()
@@ -234,8 +235,8 @@ def test_report_table_and_plots(files, tmp_path):
     assert report.series(records, report.RECALL_KEYS) == ([2.0], [0.1])
     written = report.plot_curves({"gr": records}, tmp_path / "plots")
     assert [p.name for p in written] == ["training_loss.png", "valid_recall10.png"]
-    assert report.main(["beam", "--beam", f"4={tmp_path / 'a'}", "--beam", f"16={tmp_path / 'b'}",
-                        "--exact", str(tmp_path / "b"), "--out", str(tmp_path / "plots")]) == 0
+    assert cli.main(["report", "beam", "--beam", f"4={tmp_path / 'a'}", "--beam", f"16={tmp_path / 'b'}",
+                     "--exact", str(tmp_path / "b"), "--out", str(tmp_path / "plots")]) == 0
     for name in ("training_loss.png", "valid_recall10.png", "recall_vs_beam.png"):
         assert (tmp_path / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -22,7 +22,6 @@ dropped, HTML entities ("L&#39;Oreal Paris") are unescaped. The `genres` column 
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,7 @@ import pyarrow as pa
 
 from sidgr.data.ml100k import build_sequences
 from sidgr.data.schemas import ITEMS_SCHEMA, USERS_SCHEMA
-from sidgr.data.sequences import SequenceBatch, write_dataset
+from sidgr.data.sequences import PreparedDataset, write_dataset
 from sidgr.data.source_files import EXCERPT, find_file, read_json
 from sidgr.errors import input_error
 
@@ -40,15 +39,7 @@ NO_BRAND = "Unknown"
 TIMESTAMPS = "position in the user's list; the source has no times"
 
 
-@dataclass
-class Beauty:
-    items: pa.Table  # ITEMS_SCHEMA
-    users: pa.Table  # USERS_SCHEMA
-    sequences: SequenceBatch  # one row per user, user_id == row
-    items_without_text: int
-
-
-def load(source: str, max_users: int | None = None) -> Beauty:
+def load(source: str, max_users: int | None = None) -> PreparedDataset:
     root = Path(source)
     paths = {key: find_file(root, name, "Amazon Beauty") for key, name in FILES.items()}
     histories = read_histories(paths["inter"])
@@ -66,7 +57,7 @@ def load(source: str, max_users: int | None = None) -> Beauty:
     items = build_items(asins, [attributes.get(i, []) for i in item_index.tolist()])
     users = pa.table({"user_id": np.arange(len(user_index), dtype=np.int64), "raw_id": reviewers},
                      schema=USERS_SCHEMA)
-    return Beauty(items, users, sequences, sum(t == "" for t in items["text"].to_pylist()))
+    return PreparedDataset(items, users, sequences, sum(t == "" for t in items["text"].to_pylist()))
 
 
 def read_histories(path: Path) -> dict[int, list[int]]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import importlib.util
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ import pyarrow.csv as pacsv
 
 from sidgr.data.ragged import Ragged
 from sidgr.data.schemas import ITEMS_SCHEMA, USERS_SCHEMA
-from sidgr.data.sequences import SequenceBatch, write_dataset
+from sidgr.data.sequences import PreparedDataset, SequenceBatch, write_dataset
 from sidgr.errors import input_error
 
 INSTALL_HINT = "install the data with `pip install --no-deps recbole==1.2.1` (or pass --source DIR)"
@@ -36,13 +35,6 @@ UNKNOWN_TOKENS = {"unkonwn", "unknown", ""}
 _ARTICLES = r"The|A|An|La|Le|Les|L'|Il|Lo|El|Los|Las|Der|Die|Das|Det|Den|O"
 # "<body>, <Article>" at the end of the title or of a parenthesised alternate title
 _TRAILING_ARTICLE = re.compile(rf"(^|\()([^()]+), ({_ARTICLES})(?=$|\)| \()")
-
-
-@dataclass
-class Ml100k:
-    items: pa.Table  # ITEMS_SCHEMA
-    users: pa.Table  # USERS_SCHEMA
-    sequences: SequenceBatch  # one row per user, user_id == row
 
 
 def locate_source(source: str | None = None) -> Path:
@@ -60,7 +52,7 @@ def locate_source(source: str | None = None) -> Path:
     return root
 
 
-def load(source: str | None = None, max_users: int | None = None) -> Ml100k:
+def load(source: str | None = None, max_users: int | None = None) -> PreparedDataset:
     root = locate_source(source)
     inter_path, item_path = root / FILES["inter"], root / FILES["item"]
     inter = read_atomic(inter_path, ["user_id", "item_id", "timestamp"])
@@ -79,7 +71,7 @@ def load(source: str | None = None, max_users: int | None = None) -> Ml100k:
     items = build_items(item.take(item_order), item_raw)
     users = pa.table({"user_id": pa.array(np.arange(len(user_raw)), pa.int64()), "raw_id": user_raw},
                      schema=USERS_SCHEMA)
-    return Ml100k(items, users, sequences)
+    return PreparedDataset(items, users, sequences)
 
 
 def read_atomic(path: Path, columns: list[str]) -> pa.Table:

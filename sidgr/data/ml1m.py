@@ -21,7 +21,6 @@ users.dat must list every rated UserID; its demographic fields are not used.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ import pyarrow as pa
 
 from sidgr.data.ml100k import build_sequences, item_text, tied_interactions
 from sidgr.data.schemas import ITEMS_SCHEMA, USERS_SCHEMA
-from sidgr.data.sequences import SequenceBatch, write_dataset
+from sidgr.data.sequences import PreparedDataset, write_dataset
 from sidgr.data.source_files import find_file, read_int_lines, read_text, split_lines
 from sidgr.errors import input_error
 
@@ -39,15 +38,7 @@ USERS = ("UserID", "Gender", "Age", "Occupation", "Zip-code")
 _TITLE_YEAR = re.compile(r"^(.*?)\s*\((\d{4})\)\s*$")
 
 
-@dataclass
-class Ml1m:
-    items: pa.Table  # ITEMS_SCHEMA
-    users: pa.Table  # USERS_SCHEMA
-    sequences: SequenceBatch  # one row per user, user_id == row
-    items_without_text: int
-
-
-def load(source: str, max_users: int | None = None) -> Ml1m:
+def load(source: str, max_users: int | None = None) -> PreparedDataset:
     root = Path(source)
     ratings_path = find_file(root, "ratings.dat", "MovieLens-1M ratings")
     movies_path = find_file(root, "movies.dat", "MovieLens-1M movies")
@@ -64,7 +55,7 @@ def load(source: str, max_users: int | None = None) -> Ml1m:
     items = build_items(item_raw, movies)
     users = pa.table({"user_id": np.arange(len(user_raw), dtype=np.int64), "raw_id": [str(u) for u in user_raw]},
                      schema=USERS_SCHEMA)
-    return Ml1m(items, users, sequences, sum(t == "" for t in items["text"].to_pylist()))
+    return PreparedDataset(items, users, sequences, sum(t == "" for t in items["text"].to_pylist()))
 
 
 def read_movies(path: Path) -> dict[int, tuple[str | None, int | None, list[str]]]:

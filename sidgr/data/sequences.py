@@ -86,6 +86,16 @@ class SequenceBatch:
         return SequenceBatch(cat("user_ids"), Ragged.concat([b.items for b in batches]), cat("timestamps"), targets)
 
 
+@dataclass
+class PreparedDataset:
+    """A dataset read from its source, before writing: items, users, and one sequence row per user."""
+
+    items: pa.Table  # ITEMS_SCHEMA
+    users: pa.Table  # USERS_SCHEMA
+    sequences: SequenceBatch  # one row per user, user_id == row
+    items_without_text: int = 0
+
+
 def split_leave_one_out(batch: SequenceBatch) -> dict[str, SequenceBatch]:
     """Vectorized leave-one-out split of a batch; users shorter than MIN_SPLIT_LENGTH are dropped."""
     batch = _keep_users(batch, batch.lengths >= MIN_SPLIT_LENGTH)
