@@ -1,19 +1,16 @@
 """The CPU compat layer is scoped: importing patches nothing, `cpu_compat()` patches on enter and restores the exact
 original objects on exit, nests, and a real Megatron run under init_distributed/teardown leaves the process clean."""
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode, _get_current_function_mode_stack
 
-sys.path.insert(0, str(Path(__file__).parent / "dist"))
-from compat_worker import CUDA_NAMES, changed, cuda_factory_error, snapshot  # noqa: E402
-from train_fixtures import torchrun  # noqa: E402
+from compat_worker import CUDA_NAMES, changed, cuda_factory_error, snapshot
+from launch import run_torchrun
 
-from sidgr.training import compat  # noqa: E402
-from sidgr.training.compat import CpuDeviceRemap, CpuRNGStatesTracker, cpu_compat  # noqa: E402
+from sidgr.training import compat
+from sidgr.training.compat import CpuDeviceRemap, CpuRNGStatesTracker, cpu_compat
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the layer is for CPU-only processes")
 
@@ -100,15 +97,16 @@ def worker(tmp_path_factory):
     import json
 
     out = tmp_path_factory.mktemp("compat") / "report.json"
-    proc = torchrun(1, ["tests/dist/compat_worker.py", str(out)], timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_torchrun("tests/dist/compat_worker.py", 1, str(out), timeout=300)
     return json.loads(out.read_text())
 
 
+@pytest.mark.dist
 def test_importing_the_training_modules_patches_nothing(worker):
     assert worker["changed_by_import"] == []
 
 
+@pytest.mark.dist
 def test_a_megatron_train_step_works_under_init_distributed(worker):
     inside = worker["inside"]
     assert inside["active"] and inside["empty_cuda_device"] == "cpu" and inside["remap_modes"] == 1
@@ -119,11 +117,13 @@ def test_a_megatron_train_step_works_under_init_distributed(worker):
     assert worker["train"]["param_device"] == "cpu"
 
 
+@pytest.mark.dist
 def test_teardown_leaves_the_process_clean(worker):
     assert worker["changed_after_teardown"] == []
     assert worker["cuda_error_after"] == worker["cuda_error_before"] is not None
 
 
+@pytest.mark.dist
 def test_a_second_init_teardown_cycle_works_and_is_clean(worker):
     assert worker["second_train"] == worker["train"]  # same seed, fresh tracker: the same run
     assert worker["changed_after_second"] == []

@@ -12,9 +12,6 @@ import sys
 
 
 def main(data_dir: str, out: str, item_input: str, steps: int, tp: int, run_dir: str | None) -> None:
-    import numpy as np
-    import torch
-
     from sidgr.data.readers import read_targets
     from sidgr.metrics import mark_candidates, per_user_metrics
     from sidgr.sid.mapping import SIDMapping

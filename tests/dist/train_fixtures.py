@@ -55,13 +55,6 @@ if __name__ == "__main__":
 
 
 # ---- launching (through launch.run_torchrun) ---------------------------------------------------------------------
-def torchrun(nproc: int, script_args: list[str], timeout: int = 240):
-    """Deprecated shim for callers not yet on `launch.run_torchrun` (tests/test_compat.py): `script_args` is
-    [SCRIPT.py, ARGS...] or ["-m", MODULE, ARGS...]; returns the CompletedProcess without checking its exit."""
-    target, args = (script_args[1], script_args[2:]) if script_args[0] == "-m" else (script_args[0], script_args[1:])
-    return run_torchrun(target, nproc, *args, timeout=timeout, check=False)
-
-
 def train(nproc: int, run_dir, paths: dict, *overrides: str, resume: bool = False, config="configs/tiny_ci.gin",
           check: bool = True):
     """`python -m sidgr.training.train` on nproc processes; fails the test on a non-zero exit unless check=False."""
