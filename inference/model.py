@@ -107,6 +107,9 @@ class Decoder(nn.Module):
 
 
 class EngineModel(nn.Module):
+    """The SID-GR decoder in plain torch with a KV cache: prefill a batch of histories once, then decode one level
+    per step for many beams; the same logits as the Megatron model (tests/test_engine_megatron.py)."""
+
     def __init__(self, arch: ModelArch):
         super().__init__()
         self.arch = arch

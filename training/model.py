@@ -65,6 +65,8 @@ def layer_spec():
 
 
 class SIDEmbedding(MegatronModule):
+    """Code tokens from one vocab-parallel table (rows offset by level), a learned BOS vector, learned positions."""
+
     def __init__(self, config: TransformerConfig, arch: ModelArch, vocab_padded: int):
         super().__init__(config)
         self.codes = tensor_parallel.VocabParallelEmbedding(
@@ -100,6 +102,12 @@ class OutputHeads(MegatronModule):
 
 
 class SIDGRModel(MegatronModule):
+    """The SID-GR decoder: `embedding`, `decoder` (Megatron TransformerBlock + final LayerNorm), `heads`.
+
+    forward(tokens, is_bos, positions, attention_mask) -> final hidden states [S, B, hidden];
+    head_logits(h, hidden) -> this TP rank's slice of head h's logits. The engine (`inference/model.py`) is the
+    same math without Megatron."""
+
     def __init__(self, config: TransformerConfig, arch: ModelArch, vocab_pad_multiple: int = 8):
         super().__init__(config)
         self.arch = arch
