@@ -94,6 +94,14 @@ def score_candidates(candidates: Candidates, targets: SequenceBatch, num_items: 
     return Scored(M.per_user_metrics(marked, ks), marked, lists, num_missing, in_history)
 
 
+def history_check(exclude_history: bool, num_in_history: int | None) -> str:
+    if exclude_history:
+        return "verified: no candidate is in its user's history"
+    if num_in_history is None:
+        return "not checked: the targets have no history column"
+    return f"not required; {num_in_history} candidates were in their user's history"
+
+
 def evaluate(candidates_path, targets_path, items, exclude_history: bool = False, ks=M.DEFAULT_KS,
              bootstrap: int = 1000, seed: int = 0) -> tuple[dict, dict[str, np.ndarray], np.ndarray]:
     """Returns (report dict, per-user metric arrays, evaluated user ids)."""
@@ -111,9 +119,7 @@ def evaluate(candidates_path, targets_path, items, exclude_history: bool = False
         "protocol": {
             "ranking": "full-catalog",
             "history_excluded": bool(exclude_history),
-            "history_check": ("verified: no candidate is in its user's history" if exclude_history
-                              else f"not required; {scored.num_in_history} candidates were in their user's "
-                                   f"history (counted in candidates.num_in_history)"),
+            "history_check": history_check(exclude_history, scored.num_in_history),
             "conventions": CONVENTIONS,
         },
         "inputs": {"candidates": str(candidates_path), "targets": str(targets_path), "num_items": num_items},

@@ -37,6 +37,6 @@ def top_k_unseen(scores: torch.Tensor, k: int, history: Ragged | None = None,
     top, cols = torch.sort(scores, dim=1, descending=True, stable=True)
     top, cols = top[:, :k].cpu().numpy(), cols[:, :k].cpu()
     items = (item_ids.cpu()[cols] if item_ids is not None else cols).numpy()
-    keep = np.isfinite(top) | (top > 0)  # excluded items sort last as -inf
+    keep = top > -np.inf  # excluded items sort last as -inf
     offsets = offsets_from_lengths(keep.sum(1))
     return Ragged(items[keep].astype(np.int64), offsets), Ragged(top[keep].astype(np.float32), offsets)
