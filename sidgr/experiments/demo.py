@@ -14,12 +14,12 @@ from pathlib import Path
 from sidgr.experiments.pipeline import (Plan, Runner, beam_vs_exact, item_baseline, popularity, sid_gr,
                                         sidgr)
 
+
 def make_plan(args) -> Plan:
+    where = dict(out=Path(args.out), data=Path(args.data), nproc=args.nproc)
     if args.quick:
-        return Plan(out=Path(args.out), data=Path(args.data), quick=True, nproc=args.nproc, steps=20, eval_interval=20, beam_width=64,
-                    bootstrap=200, beam_sweep=(64,))
-    return Plan(out=Path(args.out), data=Path(args.data), quick=False, nproc=args.nproc, steps=args.steps, eval_interval=args.steps // 4,
-                beam_width=args.beam_width)
+        return Plan(**where, quick=True, steps=20, eval_interval=20, beam_width=64, bootstrap=200, beam_sweep=(64,))
+    return Plan(**where, quick=False, steps=args.steps, eval_interval=args.steps // 4, beam_width=args.beam_width)
 
 
 def main(argv=None) -> int:
