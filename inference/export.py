@@ -67,32 +67,42 @@ def normalize_key(key: str) -> str:
     return key
 
 
-def model_tensor_sizes(ckpt: Path) -> dict[str, tuple[str, torch.Size]]:
-    """Engine-relevant tensors of the DCP metadata: normalized name -> (checkpoint key, global shape)."""
+def tensor_sizes(ckpt: Path, keep) -> dict[str, tuple[str, torch.Size]]:
+    """Model tensors of the DCP metadata whose normalized name passes `keep`: name -> (checkpoint key, shape)."""
     from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     meta = FileSystemReader(str(ckpt)).read_metadata()
     out = {}
     for key, md in meta.state_dict_metadata.items():
-        if not isinstance(md, TensorStorageMetadata) or "_extra_state" in key:
+        if not isinstance(md, TensorStorageMetadata) or "_extra_state" in key or "optimizer" in key:
             continue
         name = normalize_key(key)
-        if name.startswith(("embedding.", "decoder.", "heads.")) and "optimizer" not in key:
+        if keep(name):
             out[name] = (key, md.size)
     return out
 
 
-def read_model_tensors(ckpt: Path) -> dict[str, torch.Tensor]:
-    """Full fp32 tensors of the model, read without a process group."""
+def model_tensor_sizes(ckpt: Path) -> dict[str, tuple[str, torch.Size]]:
+    """The SID-GR engine's tensors (embedding, decoder, heads)."""
+    return tensor_sizes(ckpt, lambda name: name.startswith(("embedding.", "decoder.", "heads.")))
+
+
+def read_tensors(ckpt: Path, sizes: dict[str, tuple[str, torch.Size]]) -> dict[str, torch.Tensor]:
+    """Full fp32 tensors `sizes` (from `tensor_sizes`), read without a process group."""
     import torch.distributed.checkpoint as dcp
 
-    sizes = model_tensor_sizes(ckpt)
-    if not sizes:
-        raise input_error(ckpt, "checkpoint", str(ckpt), "no model tensors found in the DCP metadata")
     buffers = {key: torch.empty(size, dtype=torch.float32) for key, size in sizes.values()}
     dcp.load(buffers, storage_reader=dcp.FileSystemReader(str(ckpt)), no_dist=True)
     return {name: buffers[key] for name, (key, _) in sizes.items()}
+
+
+def read_model_tensors(ckpt: Path) -> dict[str, torch.Tensor]:
+    """Full fp32 tensors of the model, read without a process group."""
+    sizes = model_tensor_sizes(ckpt)
+    if not sizes:
+        raise input_error(ckpt, "checkpoint", str(ckpt), "no model tensors found in the DCP metadata")
+    return read_tensors(ckpt, sizes)
 
 
 def unstack_layers(tensors: dict[str, torch.Tensor], num_layers: int, source) -> dict[str, torch.Tensor]:

@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tokenize": ("sidgr.tokenize.cli", "Embed item text and quantize embeddings into semantic IDs (+ diagnostics)."),
     "train": ("sidgr.training.cli", "Train the SID-GR decoder with Megatron-Core under torchrun (TP/DP)."),
     "export": ("sidgr.inference.export_cli", "Export a training checkpoint (any TP/DP layout) to engine weights."),
+    "export-embeddings": ("sidgr.inference.item_embeddings_cli",
+                          "Collaborative item embeddings from a SASRec-CE checkpoint (optionally fused with text)."),
     "retrieve": ("sidgr.inference.retrieve_cli", "Batch candidate retrieval with catalog-constrained wide beam search."),
     "evaluate": ("sidgr.evaluate_cli", "Item-level Recall/NDCG/HitRate/MRR with bootstrap CIs for ranked candidates."),
     "score-items": ("sidgr.training.item_scoring", "Full-catalog candidates from an item-level model (SASRec-CE, SID-input)."),

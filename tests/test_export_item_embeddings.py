@@ -1,11 +1,12 @@
-"""scripts/export_item_embeddings.py: DCP item tables -> [N, D] .npy, and the text/collab fusion."""
+"""sidgr export-embeddings: DCP item tables -> [N, D] .npy, and the text/collab fusion."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-import export_item_embeddings as eie  # scripts/ is on pytest's pythonpath (pyproject)
+from sidgr.errors import InputError
+from sidgr.inference import item_embeddings as eie
 
 
 @pytest.fixture
@@ -37,7 +38,7 @@ def test_missing_table_is_reported(ckpt, tmp_path):
 
     dcp.save({"model.decoder.w": torch.ones(2)}, storage_writer=dcp.FileSystemWriter(str(tmp_path / "sid")),
              no_dist=True)
-    with pytest.raises(SystemExit, match="embedding.items.weight"):
+    with pytest.raises(InputError, match="embedding.items.weight"):
         eie.collab_embeddings(tmp_path / "sid", 5, "items")
 
 
@@ -50,3 +51,21 @@ def test_fuse_weights_normalised_blocks():
     np.testing.assert_allclose(np.linalg.norm(x[:, 3:], axis=1), 0.7, rtol=1e-6)
     with pytest.raises(ValueError):
         eie.fuse(text[:5], collab, 0.5)
+
+
+def test_cli_writes_the_npy_atomically_and_rejects_bad_weight(ckpt, tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sidgr import cli
+
+    path, state = ckpt
+    items = tmp_path / "items.parquet"
+    pq.write_table(pa.table({"item_id": pa.array(range(5), pa.int64()), "text": [f"item {i}" for i in range(5)]}),
+                   items)
+    out = tmp_path / "e" / "collab.npy"
+    assert cli.main(["export-embeddings", "--checkpoint", str(path), "--items", str(items), "--out", str(out)]) == 0
+    np.testing.assert_allclose(np.load(out), state["model.embedding.items.weight"][:5].numpy())
+    assert cli.main(["export-embeddings", "--checkpoint", str(path), "--items", str(items), "--out",
+                     str(tmp_path / "bad.npy"), "--fuse-text", "1.5"]) == 1
+    assert "--fuse-text" in capsys.readouterr().err and not (tmp_path / "bad.npy").exists()
