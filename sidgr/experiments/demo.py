@@ -1,8 +1,9 @@
-"""The MovieLens-100K demo, end to end: prepare -> tokenize -> train -> select on valid -> export -> retrieve
--> evaluate, for SID-GR with three tokenizers and the baselines, ending with the comparison table.
+"""The demo, end to end on one dataset: prepare -> tokenize -> train -> select on valid -> export -> retrieve ->
+evaluate, for popularity, SASRec-CE, SID-input and SID-GR on each set of SIDs, ending with the comparison table.
 
-    python scripts/demo.py            # the full run (README's main command, after scripts/install.sh)
-    python scripts/demo.py --quick    # a smoke run of the same pipeline in a few minutes (CI runs it)
+    python scripts/demo.py                          # MovieLens-100K, the full run (the README's main command)
+    python scripts/demo.py --quick                  # a smoke run of the same pipeline in a few minutes (CI)
+    python scripts/demo.py --dataset beauty --source DIR --out runs/beauty --data artifacts/beauty
 """
 from __future__ import annotations
 
@@ -11,52 +12,96 @@ import json
 import time
 from pathlib import Path
 
+from sidgr.experiments.datasets import DATASETS
 from sidgr.experiments.pipeline import (Plan, Runner, beam_vs_exact, item_baseline, popularity, sid_gr,
                                         sidgr)
 
 
 def make_plan(args) -> Plan:
-    where = dict(out=Path(args.out), data=Path(args.data), nproc=args.nproc)
+    where = dict(out=Path(args.out), data=Path(args.data), nproc=args.nproc, dataset=DATASETS[args.dataset])
     if args.quick:
         return Plan(**where, quick=True, steps=20, eval_interval=20, beam_width=64, bootstrap=200, beam_sweep=(64,))
-    return Plan(**where, quick=False, steps=args.steps, eval_interval=args.steps // 4, beam_width=args.beam_width)
+    steps = args.steps if args.steps is not None else (400 if args.dataset == "ml100k" else None)
+    return Plan(**where, quick=False, steps=steps, eval_interval=steps // 4 if steps else None,
+                beam_width=args.beam_width)
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="ml100k")
+    p.add_argument("--source", default=None, help="the dataset's source files (`sidgr prepare --source`)")
     p.add_argument("--quick", action="store_true", help="smoke run: few steps, small beams, fewer resamples")
     p.add_argument("--out", default="runs/demo", help="where runs, logs, the table and plots go")
     p.add_argument("--nproc", type=int, default=2, help="torchrun processes per training run (data parallel)")
-    p.add_argument("--steps", type=int, default=400, help="training steps per model (full run)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="training steps per model (default: 400 on ml100k, the configs' own elsewhere)")
     p.add_argument("--beam-width", type=int, default=256, help="beam width for SID-GR retrieval")
-    p.add_argument("--data", default="artifacts/ml100k", help="where the prepared ml-100k files and SIDs go")
+    p.add_argument("--data", default="artifacts/ml100k", help="where the prepared files and SIDs go")
+    p.add_argument("--max-users", type=int, default=None, help="prepare only the first N users (a small slice)")
     args = p.parse_args(argv)
+    if DATASETS[args.dataset].source_required and not args.source:
+        p.error(f"--dataset {args.dataset} needs --source DIR (see the README's benchmark data section)")
+    return args
+
+
+def prepare_and_tokenize(run: Runner, plan: Plan, args) -> dict[str, Path]:
+    """Prepared files + the text SIDs; returns SIDs name -> mapping."""
+    extra = (["--source", args.source] if args.source else []) + \
+            (["--max-users", args.max_users] if args.max_users else [])
+    run("prepare", sidgr("prepare", plan.dataset.name, "--out", plan.data, *extra))
+    mappings = {}
+    for name, flags in plan.dataset.text_sids.items():
+        mappings[name] = tokenize(run, plan, name, flags)
+    return mappings
+
+
+def tokenize(run: Runner, plan: Plan, name: str, flags: list, embeddings: Path | None = None) -> Path:
+    out = plan.data / f"sids_{name}"
+    emb = ["--embeddings", embeddings] if embeddings else []
+    run(f"tokenize_{name}", sidgr("tokenize", "--items", plan.data / "items.parquet", *emb, *flags, "--seed", 0,
+                                  "--out", out))
+    return out / "sids.json"
+
+
+def collaborative_sids(run: Runner, plan: Plan, sasrec_checkpoint: Path) -> dict[str, Path]:
+    """Item embeddings of the SASRec-CE checkpoint selected on valid (trained on train only), tokenized."""
+    mappings = {}
+    for name, flags in plan.dataset.collab_sids.items():
+        emb = plan.data / f"embeddings_{name}.npy"
+        run(f"embeddings_{name}", sidgr("export-embeddings", "--checkpoint", sasrec_checkpoint,
+                                        "--items", plan.data / "items.parquet", "--out", emb, *flags))
+        mappings[name] = tokenize(run, plan, name, ["--method", "balanced", "--codebook-sizes", "64,64,64"], emb)
+    return mappings
+
+
+def stage_count(plan: Plan) -> int:
+    sids = len(plan.dataset.text_sids) + len(plan.dataset.collab_sids)
+    ckpts = max(plan.steps // plan.eval_interval, 1) if plan.steps else 8
+    sweep = sum(w >= plan.k for w in plan.beam_sweep)
+    return 1 + 2 * sids + len(plan.dataset.collab_sids) + 2 + 2 * 3 + sids * (3 + 3 * ckpts) + 2 + 2 * sweep + 3
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     plan = make_plan(args)
     plan.out.mkdir(parents=True, exist_ok=True)
-    ckpts = max(plan.steps // plan.eval_interval, 1)
-    sweep = sum(w >= plan.k for w in plan.beam_sweep)
-    stages = (1 + len(plan.tokenizers) + 2 + 2 * 3 + len(plan.tokenizers) * (1 + 3 * ckpts + 2)
-              + 2 + 2 * sweep + 1 + 2)
-    run = Runner(plan, stages)
+    run = Runner(plan, stage_count(plan))
     t_start = time.perf_counter()
-
-    run("prepare", sidgr("prepare", "ml100k", "--out", plan.data))
-    mappings = {}
-    for method, flags in plan.tokenizers.items():
-        out = plan.data / f"sids_{method}"
-        run(f"tokenize_{method}", sidgr("tokenize", "--items", plan.data / "items.parquet", *flags, "--seed", 0,
-                                        "--out", out))
-        mappings[method] = out / "sids.json"
+    mappings = prepare_and_tokenize(run, plan, args)
+    spec = plan.dataset
 
     rows, selection = {}, {}
     rows["popularity"] = popularity(run, plan)
-    for name, config in (("sasrec_ce", "configs/ml100k_sasrec.gin"), ("sid_input", "configs/ml100k_sidinput.gin")):
-        rows[name], selection[name] = item_baseline(run, plan, name, config, mappings["balanced"])
+    primary = mappings[spec.primary]
+    for name, family in (("sasrec_ce", "sasrec"), ("sid_input", "sidinput")):
+        rows[name], selection[name] = item_baseline(run, plan, name, spec.config(family), primary)
+    mappings.update(collaborative_sids(run, plan, rows["sasrec_ce"] / "checkpoints" /
+                                       selection["sasrec_ce"]["selected"]))
     for method, mapping in mappings.items():
         rows[f"sid-gr ({method})"], selection[f"sidgr_{method}"] = sid_gr(run, plan, method, mapping)
 
-    beam = beam_vs_exact(run, plan, Path(selection["sidgr_balanced"]["engine"]), "balanced")
+    beam = beam_vs_exact(run, plan, Path(selection[f"sidgr_{spec.primary}"]["engine"]), spec.primary)
     table_runs = sum((["--run", f"{n}={d / 'test'}"] for n, d in rows.items()), [])
     run("table", sidgr("report", "table", *table_runs, "--paired-baseline", "sasrec_ce", "--out", plan.out))
     logs = {n: d / "curves.jsonl" if (d / "curves.jsonl").exists() else d / "metrics.jsonl" for n, d in rows.items()}
@@ -65,11 +110,14 @@ def main(argv=None) -> int:
                              "--out", plan.out))
     run.bar.close()
 
-    summary = {"quick": plan.quick, "wall_seconds": time.perf_counter() - t_start, "selection": selection,
-               "beam_vs_exact": beam, "stage_seconds": run.timings, "commands": run.commands}
+    summary = {"dataset": spec.name, "note": spec.note, "quick": plan.quick,
+               "wall_seconds": time.perf_counter() - t_start, "selection": selection, "beam_vs_exact": beam,
+               "stage_seconds": run.timings, "commands": run.commands}
     (plan.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print((plan.out / "comparison.md").read_text() if (plan.out / "comparison.md").exists() else "")
-    print(f"beam top-10 == exact top-10 (test users, tokenizer {beam['tokenizer']}): "
+    if spec.note:
+        print(f"note ({spec.name}): {spec.note}")
+    print(f"beam top-10 == exact top-10 (test users, SIDs {beam['tokenizer']}): "
           + ", ".join(f"W={w}: {v:.3f}" for w, v in beam["top10_equal_to_exact"].items()))
     print(f"demo finished in {summary['wall_seconds'] / 60:.1f} min; outputs in {plan.out}")
     return 0

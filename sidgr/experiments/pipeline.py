@@ -17,6 +17,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from sidgr.experiments.datasets import DATASETS, DatasetSpec
+
 PY = sys.executable
 
 
@@ -26,17 +28,17 @@ class Plan:
     data: Path  # prepared dataset files and SID mappings
     quick: bool
     nproc: int
-    steps: int
-    eval_interval: int
+    steps: int | None  # None: each config's own TrainerConfig.train_steps and eval_interval
+    eval_interval: int | None
     beam_width: int
     k: int = 50
     bootstrap: int = 1000
     beam_sweep: tuple = (16, 64, 256, 1024)
-    tokenizers: dict = field(default_factory=lambda: {
-        "rqkmeans": ["--method", "rqkmeans", "--codebook-sizes", "64,64,64"],
-        "balanced": ["--method", "balanced", "--codebook-sizes", "64,64,64"],
-        "rqvae": ["--method", "rqvae", "--codebook-sizes", "64,64,64"],
-    })
+    dataset: DatasetSpec = field(default_factory=lambda: DATASETS["ml100k"])
+
+    def valid_path(self) -> Path:
+        """The validation users SID-GR checkpoints are scored on (a seeded sample on big datasets)."""
+        return valid_sample(self.data, self.dataset.valid_users)
 
 
 class Runner:
@@ -74,13 +76,31 @@ def sidgr(*args) -> list[str]:
 
 # ---- stages --------------------------------------------------------------------------------------------------
 def train_overrides(plan: Plan, run_dir: Path, mapping: Path) -> list[str]:
-    saves = max(plan.steps // plan.eval_interval, 1)
-    return [f"TrainerConfig.run_dir='{run_dir}'", f"TrainerConfig.train_steps={plan.steps}",
-            f"TrainerConfig.eval_interval={plan.eval_interval}", f"TrainerConfig.save_interval={plan.eval_interval}",
-            f"TrainerConfig.keep_last={saves + 1}", "TrainerConfig.progress=False",
-            f"TrainerConfig.log_interval={max(plan.steps // 40, 1)}",
-            f"DataConfig.train_path='{plan.data / 'train.parquet'}'", f"DataConfig.valid_path='{plan.data / 'valid.parquet'}'",
-            f"DataConfig.mapping_path='{mapping}'"]
+    """Paths, and a checkpoint at every validation (all kept) so selection can pick any of them."""
+    out = [f"TrainerConfig.run_dir='{run_dir}'", "TrainerConfig.progress=False", "TrainerConfig.keep_last=1000",
+           f"DataConfig.train_path='{plan.data / 'train.parquet'}'",
+           f"DataConfig.valid_path='{plan.data / 'valid.parquet'}'", f"DataConfig.mapping_path='{mapping}'"]
+    if plan.steps is not None:
+        out += [f"TrainerConfig.train_steps={plan.steps}", f"TrainerConfig.eval_interval={plan.eval_interval}",
+                f"TrainerConfig.save_interval={plan.eval_interval}",
+                f"TrainerConfig.log_interval={max(plan.steps // 40, 1)}"]
+    return out
+
+
+def valid_sample(data: Path, users: int, seed: int = 0) -> Path:
+    """valid.parquet, or a seeded sample of `users` of its rows (written once, beside it)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    full = data / "valid.parquet"
+    if not users or pq.read_metadata(full).num_rows <= users:
+        return full
+    out = data / f"valid_sample{users}_seed{seed}.parquet"
+    if not out.exists():
+        table = pq.read_table(full)
+        rows = np.sort(np.random.default_rng(seed).choice(table.num_rows, users, replace=False))
+        pq.write_table(table.take(rows), out)
+    return out
 
 
 def checkpoints(run_dir: Path) -> list[Path]:
@@ -91,17 +111,21 @@ def recall10(eval_dir: Path) -> float:
     return json.loads((eval_dir / "metrics.json").read_text())["metrics"]["recall@10"]["mean"]
 
 
-def evaluate(run: Runner, plan: Plan, name: str, cands: Path, split: str, out: Path, bootstrap: int) -> Path:
-    run(name, sidgr("evaluate", "--candidates", cands, "--targets", plan.data / f"{split}.parquet",
+def evaluate(run: Runner, plan: Plan, name: str, cands: Path, split: str | Path, out: Path, bootstrap: int) -> Path:
+    """`sidgr evaluate` of `cands` against a split's targets (or a targets file)."""
+    targets = split if isinstance(split, Path) else plan.data / f"{split}.parquet"
+    run(name, sidgr("evaluate", "--candidates", cands, "--targets", targets,
                     "--items", plan.data / "items.parquet", "--out", out, "--bootstrap", bootstrap, "--seed", 0))
     return out
 
 
 def train_and_score_on_valid(run: Runner, plan: Plan, name: str, mapping: Path, bindings=(),
-                             config: str = "configs/ml100k.gin") -> dict:
-    """Train SID-GR (`config` + bindings) into OUT/name; valid Recall@10 of every kept checkpoint."""
+                             config: str | None = None) -> dict:
+    """Train SID-GR (`config`, default the dataset's, + bindings) into OUT/name; valid Recall@10 of every
+    checkpoint."""
     run_dir = plan.out / name
-    run(f"train_{name}", sidgr("train", "--nproc", plan.nproc, "--config", config,
+    valid = plan.valid_path()
+    run(f"train_{name}", sidgr("train", "--nproc", plan.nproc, "--config", config or plan.dataset.config(),
                                *train_overrides(plan, run_dir, mapping), *bindings))
     scores = {}
     for ckpt in checkpoints(run_dir):
@@ -109,9 +133,9 @@ def train_and_score_on_valid(run: Runner, plan: Plan, name: str, mapping: Path, 
         engine = run_dir / "engines" / ckpt.name
         run(f"export_{tag}", sidgr("export", "--checkpoint", ckpt, "--out", engine))
         cands = run_dir / "valid" / f"{ckpt.name}.parquet"
-        run(f"retrieve_valid_{tag}", sidgr("retrieve", "--engine", engine, "--sequences", plan.data / "valid.parquet",
-                                           "--out", cands, "--k", plan.k, "--beam-width", plan.beam_width))
-        scores[ckpt.name] = recall10(evaluate(run, plan, f"eval_valid_{tag}", cands, "valid",
+        run(f"retrieve_valid_{tag}", sidgr("retrieve", "--engine", engine, "--sequences", valid, "--out", cands,
+                                           "--k", plan.k, "--beam-width", plan.beam_width))
+        scores[ckpt.name] = recall10(evaluate(run, plan, f"eval_valid_{tag}", cands, valid,
                                               run_dir / "valid" / ckpt.name, 0))
     write_curve_log(run_dir, scores)
     return scores
@@ -124,8 +148,9 @@ def sid_gr(run: Runner, plan: Plan, method: str, mapping: Path) -> tuple[Path, d
     best = max(scores, key=lambda c: (scores[c], c))
     engine = run_dir / "engines" / best
     cands = run_dir / "test_candidates.parquet"
-    run(f"retrieve_test_sidgr_{method}", sidgr("retrieve", "--engine", engine, "--sequences", plan.data / "test.parquet",
-                                               "--out", cands, "--k", plan.k, "--beam-width", plan.beam_width))
+    run(f"retrieve_test_sidgr_{method}", sidgr("retrieve", "--engine", engine, "--sequences",
+                                               plan.data / "test.parquet", "--out", cands, "--k", plan.k,
+                                               "--beam-width", plan.beam_width))
     evaluate(run, plan, f"eval_test_sidgr_{method}", cands, "test", run_dir / "test", plan.bootstrap)
     return run_dir, {"valid_recall@10_by_checkpoint": scores, "selected": best, "engine": str(engine)}
 
@@ -187,8 +212,9 @@ def beam_vs_exact(run: Runner, plan: Plan, engine: Path, method: str) -> dict:
         if width < plan.k:
             continue
         cands = sweep / f"beam_{width}.parquet"
-        run(f"retrieve_test_w{width}", sidgr("retrieve", "--engine", engine, "--sequences", plan.data / "test.parquet",
-                                             "--out", cands, "--k", plan.k, "--beam-width", width))
+        run(f"retrieve_test_w{width}", sidgr("retrieve", "--engine", engine, "--sequences",
+                                             plan.data / "test.parquet", "--out", cands, "--k", plan.k,
+                                             "--beam-width", width))
         evaluate(run, plan, f"eval_test_w{width}", cands, "test", sweep / f"eval_w{width}", plan.bootstrap)
         table = pq.read_table(cands).to_pydict()
         same = [top_exact[u] == items[:10] for u, items in zip(table["user_id"], table["item_ids"])]

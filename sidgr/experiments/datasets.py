@@ -1,0 +1,41 @@
+"""What the demo runs per dataset: its configs, which SIDs it compares, and how it is prepared.
+
+Text SIDs tokenize the items' text embeddings; collaborative SIDs tokenize item embeddings exported from the
+SASRec-CE model the demo trains on the train split (`sidgr export-embeddings`), alone or fused with text.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+BALANCED_64 = ["--method", "balanced", "--codebook-sizes", "64,64,64"]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    source_required: bool  # `sidgr prepare NAME` has no built-in source
+    text_sids: dict[str, list[str]]  # SIDs name -> `sidgr tokenize` flags on the item text
+    collab_sids: dict[str, list[str]] = field(default_factory=dict)  # name -> `sidgr export-embeddings` flags
+    primary: str = "balanced"  # the SIDs the item-level SID-input baseline and the beam-vs-exact sweep use
+    valid_users: int = 0  # SID-GR checkpoint selection on this many valid users (0 = all), for big datasets
+    note: str = ""  # printed beside every result of the dataset
+
+    def config(self, family: str = "") -> str:
+        return f"configs/{self.name}{'_' + family if family else ''}.gin"
+
+
+DATASETS = {
+    "ml100k": DatasetSpec(
+        "ml100k", False,
+        text_sids={"rqkmeans": ["--method", "rqkmeans", "--codebook-sizes", "64,64,64"], "balanced": BALANCED_64,
+                   "rqvae": ["--method", "rqvae", "--codebook-sizes", "64,64,64"]}),
+    "beauty": DatasetSpec(
+        "beauty", True, text_sids={"text": BALANCED_64},
+        collab_sids={"collab": ["--table", "items"], "fused": ["--table", "items", "--fuse-text", "0.3"]},
+        primary="text", valid_users=3000,
+        note="item text is brand + category path only (the TIGER paper also had titles and descriptions)"),
+    "ml1m": DatasetSpec(
+        "ml1m", True, text_sids={"text": BALANCED_64},
+        collab_sids={"collab": ["--table", "items"], "fused": ["--table", "items", "--fuse-text", "0.3"]},
+        primary="text", valid_users=2000),
+}
