@@ -30,9 +30,14 @@ def test_binding_of_a_configurable_the_trainer_never_builds_is_an_error():
 
 
 def test_config_files_parse_and_bind_every_dataclass():
-    for name in ("tiny_ci", "ml100k", "synth_large"):
-        parse_config(str(REPO / "configs" / f"{name}.gin"), ["ModelConfig.num_layers = 3"])
-        assert ModelConfig().num_layers == 3
+    from sidgr.training.config import load_configs
+
+    names = sorted(p.stem for p in (REPO / "configs").glob("*.gin"))
+    assert {"tiny_ci", "ml100k", "beauty", "beauty_sasrec", "ml1m_sidinput", "synth_large"} <= set(names)
+    for name in names:
+        cfgs = load_configs(str(REPO / "configs" / f"{name}.gin"), ["ModelConfig.num_layers = 3"])
+        assert cfgs["model"].num_layers == 3
+        cfgs["data"].check(dp_size=2 if cfgs["data"].global_batch_size % 2 == 0 else 1)
     gin.clear_config()
 
 
