@@ -225,14 +225,17 @@ def test_bad_settings_are_refused(train_file, tmp_path):
         SequenceLoader(train_file, make_mapping(), cfg(min_items=100), 0, 1, training=True)
 
 
-def test_torchrun_tp_peers_and_dp_shards(train_file):
+@pytest.mark.parametrize("windows", ["recent", "strided", "random"])
+def test_torchrun_tp_peers_and_dp_shards(train_file, windows):
     """4 processes, TP=2 x DP=2: peers identical, shards = the single-process global batches (2 epochs)."""
     script = Path(__file__).with_name("dist_loader_check.py")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4", str(script),
-           str(train_file), "2"]
+           str(train_file), "2", windows]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "OK: 4 ranks, tp=2, 16 global batches checked" in proc.stdout
+    assert "OK: 4 ranks, tp=2" in proc.stdout and f"global batches checked ({windows})" in proc.stdout
+    if windows == "recent":
+        assert "OK: 4 ranks, tp=2, 16 global batches checked" in proc.stdout
 
 
 # ---- training windows (DataConfig.windows) ----------------------------------------------------------------------
