@@ -70,7 +70,8 @@ def main(argv=None) -> int:
              "| trial | bindings | " + " | ".join(ckpts) + " | best | wall |", "|---|---|" + "---|" * (len(ckpts) + 2)]
     for name, r in results.items():
         cells = " | ".join(f"{r['valid_recall@10'][c]:.4f}" if c in r["valid_recall@10"] else "—" for c in ckpts)
-        lines.append(f"| {name} | {' '.join(r['bindings']) or '(config as is)'} | {cells} | {r['best_value']:.4f} | {r['wall_s'] / 60:.1f} min |")
+        lines.append(f"| {name} | {' '.join(r['bindings']) or '(config as is)'} | {cells} | {r['best_value']:.4f} "
+                     f"| {r['wall_s'] / 60:.1f} min |")
     (plan.out / "tuning.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

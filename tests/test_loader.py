@@ -224,10 +224,13 @@ def test_bad_settings_are_refused(train_file, tmp_path):
 
 @pytest.mark.dist
 @pytest.mark.slow
-def test_torchrun_tp_peers_and_dp_shards(train_file):
+@pytest.mark.parametrize("windows", ["recent", "strided", "random"])
+def test_torchrun_tp_peers_and_dp_shards(train_file, windows):
     """4 processes, TP=2 x DP=2: peers identical, shards = the single-process global batches (2 epochs)."""
-    proc = run_torchrun("tests/dist/loader_check.py", 4, train_file, 2, timeout=300)
-    assert "OK: 4 ranks, tp=2, 16 global batches checked" in proc.stdout
+    proc = run_torchrun("tests/dist/loader_check.py", 4, train_file, 2, windows, timeout=300)
+    assert "OK: 4 ranks, tp=2" in proc.stdout and f"global batches checked ({windows})" in proc.stdout
+    if windows == "recent":
+        assert "OK: 4 ranks, tp=2, 16 global batches checked" in proc.stdout
 
 
 # ---- training windows (DataConfig.windows) ----------------------------------------------------------------------
