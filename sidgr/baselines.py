@@ -59,9 +59,8 @@ def run_popularity(train_path, queries_path, items, out_path, top_k: int = 50, e
     if top_k <= 0:
         raise input_error("--top-k", "top_k", top_k, "must be positive")
     num_items = read_num_items(items)
-    counts = np.bincount(read_sequences(train_path, with_timestamps=False, num_items=num_items).item_ids,
-                         minlength=num_items)
-    queries = read_sequences(queries_path, with_timestamps=False, num_items=num_items)
+    counts = np.bincount(read_sequences(train_path, False, False, num_items=num_items).item_ids, minlength=num_items)
+    queries = read_sequences(queries_path, False, False, num_items=num_items)
     check_unique_users(queries.user_ids, queries_path)
     lists, scores = popularity_candidates(counts, queries.items, top_k, exclude_history)
     write_candidates(out_path, Candidates(queries.user_ids, lists, scores))

@@ -82,7 +82,7 @@ def score_candidates(candidates: Candidates, targets: SequenceBatch, num_items: 
     Used by `sidgr evaluate` and by validation during training, so the two can never disagree."""
     lists, num_missing = align_to_targets(candidates, targets.user_ids, source)
     if exclude_history and not history_known:
-        raise input_error(source, "item_ids", None, "verifying history exclusion needs the targets' item_ids "
+        raise input_error("targets", "item_ids", None, "verifying history exclusion needs the targets' item_ids "
                           "column (or evaluate with --include-history)")
     in_history, first = history_overlap(lists, targets.items, num_items) if history_known else (None, -1)
     if exclude_history and in_history:
@@ -113,6 +113,9 @@ def evaluate(candidates_path, targets_path, items, exclude_history: bool = False
     targets, history_known = read_targets(targets_path, num_items)
     if targets.num_users == 0:
         raise input_error(targets_path, "user_id", 0, "no target users to evaluate")
+    if exclude_history and not history_known:
+        raise input_error(targets_path, "item_ids", None, "verifying history exclusion needs the targets' "
+                          "item_ids column (or evaluate with --include-history)")
     scored = score_candidates(cands, targets, num_items, ks, exclude_history, candidates_path, history_known)
     lists, marked = scored.lists, scored.marked
     report = {

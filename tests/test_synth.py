@@ -122,7 +122,7 @@ def test_split_drops_users_too_short():
 
 def test_streaming_reader_matches_whole_file(out):
     whole = read_sequences(out / "test.parquet")
-    parts = list(iter_sequence_batches(out / "test.parquet", batch_size=97))
+    parts = list(iter_sequence_batches(out / "test.parquet", batch_size=97, with_target=True))
     assert len(parts) == -(-CFG.users // 97)
     np.testing.assert_array_equal(np.concatenate([p.user_ids for p in parts]), whole.user_ids)
     np.testing.assert_array_equal(np.concatenate([p.item_ids for p in parts]), whole.item_ids)

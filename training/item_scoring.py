@@ -118,7 +118,7 @@ def score(checkpoint, queries, out, top_k: int = 50, batch_size: int = 256, mapp
     from sidgr.training.item_model import build_item_model
 
     if top_k <= 0 or batch_size <= 0:
-        raise input_error("item_scoring", "--top-k/--batch-size", (top_k, batch_size), "must be positive")
+        raise input_error("item_scoring", "--k/--batch-size", (top_k, batch_size), "must be positive")
     ckpt = resolve_checkpoint(checkpoint)
     arch = load_arch(ckpt)
     mcfg = model_config(ckpt)

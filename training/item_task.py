@@ -12,6 +12,7 @@ import torch
 
 from sidgr.arch import ModelArch
 from sidgr.data.ragged import Ragged
+from sidgr.errors import input_error
 from sidgr.ranking import top_k_unseen
 from sidgr.sid.mapping import SIDMapping
 from sidgr.training.item_model import (ItemBatch, ItemCatalog, ItemSeqModel, build_item_model, history_layout,
@@ -71,7 +72,10 @@ class ItemTask:
         from sidgr.data.readers import read_targets
 
         if data_cfg.valid_path:
-            targets, _ = read_targets(data_cfg.valid_path, self.catalog.num_items)
+            targets, has_history = read_targets(data_cfg.valid_path, self.catalog.num_items)
+            if not has_history:
+                raise input_error(data_cfg.valid_path, "columns", "item_ids",
+                                  "validation needs the users' histories (item_ids)")
             self.valid = targets.take(np.arange(dist_info.dp_rank, targets.num_users, dist_info.dp_size))
 
     @torch.no_grad()

@@ -51,7 +51,8 @@ class Ragged:
             i = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0])
             row = int(np.searchsorted(offsets - offsets[0], i, side="right") - 1)
             raise input_error(source, f"row {row} {name}", None, "null entry inside a list")
-        return Ragged(values.to_numpy(zero_copy_only=False).astype(dtype, copy=False), offsets - offsets[0])
+        # a writable copy: Arrow's zero-copy views are read-only, and torch.from_numpy warns on those
+        return Ragged(values.to_numpy(zero_copy_only=False).astype(dtype, copy=True), offsets - offsets[0])
 
     def to_arrow(self, value_type: pa.DataType = pa.int64()) -> pa.ListArray:
         assert self.offsets[-1] < 2**31, "list<...> has int32 offsets: write huge tables in parts"

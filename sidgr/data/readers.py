@@ -103,22 +103,23 @@ def sequence_batch(table: pa.Table | pa.RecordBatch, source, num_items: int | No
 
 def iter_sequence_batches(path, batch_size: int = 65536, num_items: int | None = None,
                           require_history: bool = False, with_timestamps: bool = False,
-                          require_target: bool = False) -> Iterator[SequenceBatch]:
+                          require_target: bool = False, with_target: bool = False) -> Iterator[SequenceBatch]:
     """Stream a sequences parquet (sequences/train/valid/test) one record batch at a time, validated;
-    memory is bounded by `batch_size` users whatever the file size."""
+    memory is bounded by `batch_size` users whatever the file size. `target` is read (and checked) only when
+    required or asked for (with_target: when present)."""
     required = ["user_id", "item_ids"] + (["target"] if require_target else [])
     pf = open_parquet(path, required)
     names = pf.schema_arrow.names
-    columns = required + [c for c in ("target",) if c in names and c not in required]
+    columns = required + (["target"] if with_target and "target" in names and not require_target else [])
     columns += ["timestamps"] if with_timestamps and "timestamps" in names else []
     for rb in pf.iter_batches(batch_size=batch_size, columns=columns, use_threads=False):
         yield sequence_batch(rb, path, num_items, require_history)
 
 
-def read_sequences(path, with_timestamps: bool = True, **checks) -> SequenceBatch:
+def read_sequences(path, with_timestamps: bool = True, with_target: bool = True, **checks) -> SequenceBatch:
     """A whole sequences parquet as one SequenceBatch (validation sets, small files, tests)."""
     return SequenceBatch.concat(list(iter_sequence_batches(path, 1 << 20, with_timestamps=with_timestamps,
-                                                           **checks)))
+                                                           with_target=with_target, **checks)))
 
 
 def read_targets(path, num_items: int | None = None) -> tuple[SequenceBatch, bool]:

@@ -92,6 +92,8 @@ def valid_sample(data: Path, users: int, seed: int = 0) -> Path:
     import numpy as np
     import pyarrow.parquet as pq
 
+    from sidgr.data.sequences import write_table_atomic
+
     full = data / "valid.parquet"
     if not users or pq.read_metadata(full).num_rows <= users:
         return full
@@ -99,7 +101,7 @@ def valid_sample(data: Path, users: int, seed: int = 0) -> Path:
     if not out.exists():
         table = pq.read_table(full)
         rows = np.sort(np.random.default_rng(seed).choice(table.num_rows, users, replace=False))
-        pq.write_table(table.take(rows), out)
+        write_table_atomic(out, table.take(rows))
     return out
 
 
