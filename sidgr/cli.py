@@ -14,7 +14,7 @@ from sidgr.errors import InputError
 
 # name -> (module, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "prepare": ("sidgr.data.prepare_cli", "Prepare a dataset (ml100k, beauty, ml1m) into items + leave-one-out sequences parquet."),
+    "prepare": ("sidgr.data.prepare_cli", "Prepare ml100k, beauty or ml1m: items + leave-one-out sequences parquet."),
     "synth": ("sidgr.data.synth_cli", "Make a synthetic clustered catalog with sequences, in the same formats."),
     "tokenize": ("sidgr.tokenize.cli", "Embed item text and quantize embeddings into semantic IDs (+ diagnostics)."),
     "train": ("sidgr.training.cli", "Train the SID-GR decoder with Megatron-Core under torchrun (TP/DP)."),
@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
                           "Collaborative item embeddings from a SASRec-CE checkpoint (optionally fused with text)."),
     "retrieve": ("sidgr.inference.retrieve_cli", "Batch candidate retrieval with catalog-constrained wide beam search."),
     "evaluate": ("sidgr.evaluate_cli", "Item-level Recall/NDCG/HitRate/MRR with bootstrap CIs for ranked candidates."),
-    "score-items": ("sidgr.training.item_scoring", "Full-catalog candidates from an item-level model (SASRec-CE, SID-input)."),
+    "score-items": ("sidgr.training.item_scoring", "Full-catalog candidates of an item-level model (SASRec-CE, SID-input)."),
     "baseline": ("sidgr.baselines", "Non-learned baselines (popularity) in the candidates format."),
     "report": ("sidgr.report", "Comparison table with CIs and plots (training curves, recall vs beam width)."),
 }

@@ -88,7 +88,8 @@ def score_candidates(candidates: Candidates, targets: SequenceBatch, num_items: 
     if exclude_history and in_history:
         user = int(targets.user_ids[lists.row_ids()[first]])
         raise input_error(source, "item_ids", int(lists.values[first]),
-                          f"is in the history of user {user}, but history items must be excluded (--include-history allows them) "
+                          f"is in the history of user {user}, but history items must be excluded (--include-history "
+                          f"allows them) "
                           f"({in_history} such candidates)")
     marked = M.mark_candidates(lists, targets.targets, num_items)
     return Scored(M.per_user_metrics(marked, ks), marked, lists, num_missing, in_history)

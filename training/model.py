@@ -132,7 +132,8 @@ class SIDGRModel(MegatronModule):
         return vocab_slice_logits(self.heads.head(h), hidden, self.head_sizes[h])
 
 
-def vocab_slice_logits(head: tensor_parallel.ColumnParallelLinear, hidden: torch.Tensor, real_size: int) -> torch.Tensor:
+def vocab_slice_logits(head: tensor_parallel.ColumnParallelLinear, hidden: torch.Tensor,
+                       real_size: int) -> torch.Tensor:
     """hidden [n, hidden] -> this TP rank's slice of a vocab-parallel head's logits in fp32, with the padding
     columns (>= real_size) masked so no softmax ever gives them mass."""
     logits, _ = head(hidden.unsqueeze(1))
