@@ -46,7 +46,7 @@ def retrieve_file(engine: Engine, engine_dir, sequences, out, params: RetrievalP
     prepare_parts_dir(parts, run_fingerprint(engine_dir, source, params))
     fail_after, written = int(os.environ.get(FAIL_AFTER_ENV, "-1")), 0
     try:
-        batches = iter_sequence_batches(source, params.batch_size, num_items=engine.mapping.num_items)
+        batches = iter_sequence_batches(source, params.batch_size)  # validated by the pass above
         for i, batch in enumerate(tqdm(batches, total=-(-total // params.batch_size), desc="retrieve",
                                        unit="batch")):
             part = parts / f"part-{i:06d}.parquet"

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import torch
 
-from sidgr.data.ragged import Ragged
+from sidgr.data.ragged import Ragged, offsets_from_lengths
 from sidgr.data.readers import check_in_catalog, check_nonempty
 from sidgr.errors import input_error
 from sidgr.token_layout import prefill_layout
@@ -43,10 +43,12 @@ class Engine:
         """Items of history the positions can hold (the generated item takes the last item slot)."""
         return self.arch.max_items - 1
 
-    def check_histories(self, histories: list[torch.Tensor], source="histories", user_ids=None) -> None:
-        """Every history non-empty and inside the engine's catalog (one-line InputError otherwise)."""
-        lists = Ragged.from_lists([h.tolist() for h in histories])
-        users = np.asarray(user_ids if user_ids is not None else np.arange(len(histories)), dtype=np.int64)
+    def check_histories(self, histories: list[torch.Tensor], source="histories") -> None:
+        """Every history non-empty and inside the engine's catalog (one-line InputError naming the row)."""
+        lengths = np.array([h.numel() for h in histories], dtype=np.int64)
+        values = torch.cat(histories).numpy() if histories else np.zeros(0, np.int64)
+        lists = Ragged(values, offsets_from_lengths(lengths))
+        users = np.arange(len(histories), dtype=np.int64)
         check_nonempty(lists, source, "item_ids", users)
         check_in_catalog(lists, self.mapping.num_items, source, "item_ids", users)
 

@@ -77,20 +77,20 @@ class Scored:
 
 
 def score_candidates(candidates: Candidates, targets: SequenceBatch, num_items: int, ks=M.DEFAULT_KS,
-                     exclude_history: bool = False, source="candidates", history_known: bool = True) -> Scored:
+                     exclude_history: bool = False, source="candidates", history_known: bool = True,
+                     targets_source="targets") -> Scored:
     """The one scoring path: align lists to the target users, verify history exclusion, compute metrics.
     Used by `sidgr evaluate` and by validation during training, so the two can never disagree."""
-    lists, num_missing = align_to_targets(candidates, targets.user_ids, source)
     if exclude_history and not history_known:
-        raise input_error("targets", "item_ids", None, "verifying history exclusion needs the targets' item_ids "
-                          "column (or evaluate with --include-history)")
+        raise input_error(targets_source, "item_ids", None, "verifying history exclusion needs the targets' "
+                          "item_ids column (or evaluate with --include-history)")
+    lists, num_missing = align_to_targets(candidates, targets.user_ids, source)
     in_history, first = history_overlap(lists, targets.items, num_items) if history_known else (None, -1)
     if exclude_history and in_history:
         user = int(targets.user_ids[lists.row_ids()[first]])
         raise input_error(source, "item_ids", int(lists.values[first]),
-                          f"is in the history of user {user}, but history items must be excluded (--include-history "
-                          f"allows them) "
-                          f"({in_history} such candidates)")
+                          f"is in the history of user {user}, but history items must be excluded "
+                          f"(--include-history allows them; {in_history} such candidates)")
     marked = M.mark_candidates(lists, targets.targets, num_items)
     return Scored(M.per_user_metrics(marked, ks), marked, lists, num_missing, in_history)
 
@@ -114,10 +114,8 @@ def evaluate(candidates_path, targets_path, items, exclude_history: bool = False
     targets, history_known = read_targets(targets_path, num_items)
     if targets.num_users == 0:
         raise input_error(targets_path, "user_id", 0, "no target users to evaluate")
-    if exclude_history and not history_known:
-        raise input_error(targets_path, "item_ids", None, "verifying history exclusion needs the targets' "
-                          "item_ids column (or evaluate with --include-history)")
-    scored = score_candidates(cands, targets, num_items, ks, exclude_history, candidates_path, history_known)
+    scored = score_candidates(cands, targets, num_items, ks, exclude_history, candidates_path, history_known,
+                              targets_path)
     lists, marked = scored.lists, scored.marked
     report = {
         "protocol": {

@@ -241,14 +241,6 @@ BAD_ML1M = {
 }
 
 
-@pytest.mark.parametrize("case", list(BAD_ML1M))
-def test_ml1m_bad_input(case, tmp_path, capsys):
-    edit, message = BAD_ML1M[case]
-    root = write_ml1m(tmp_path / "src")
-    edit(root)
-    _assert_fails("ml1m", root, tmp_path / "out", message, capsys)
-
-
 BAD_BEAUTY = {
     "missing inter": (_remove("Beauty.inter.json"), r"Beauty\.inter\.json: file="),
     "missing datamaps": (_remove("datamaps.json"), r"datamaps\.json: file="),
@@ -269,12 +261,17 @@ BAD_BEAUTY = {
 }
 
 
-@pytest.mark.parametrize("case", list(BAD_BEAUTY))
-def test_beauty_bad_input(case, tmp_path, capsys):
-    edit, message = BAD_BEAUTY[case]
-    root = write_beauty(tmp_path / "src")
+BAD_INPUTS = {**{("ml1m", case): v for case, v in BAD_ML1M.items()},
+              **{("beauty", case): v for case, v in BAD_BEAUTY.items()}}
+WRITERS = {"ml1m": write_ml1m, "beauty": write_beauty}
+
+
+@pytest.mark.parametrize("dataset,case", list(BAD_INPUTS))
+def test_bad_input(dataset, case, tmp_path, capsys):
+    edit, message = BAD_INPUTS[dataset, case]
+    root = WRITERS[dataset](tmp_path / "src")
     edit(root)
-    _assert_fails("beauty", root, tmp_path / "out", message, capsys)
+    _assert_fails(dataset, root, tmp_path / "out", message, capsys)
 
 
 def test_beauty_user_without_reviewer_id(tmp_path):

@@ -60,6 +60,14 @@ def load(source: str, max_users: int | None = None) -> PreparedDataset:
     return PreparedDataset(items, users, sequences, sum(t == "" for t in items["text"].to_pylist()))
 
 
+def index_key(path: Path, key: str, seen: dict, what: str) -> int:
+    """A JSON object key that must be a decimal user/item index not seen before."""
+    if not (key.isascii() and key.isdigit()) or int(key) in seen:
+        raise input_error(path, f"{what} key", key, f"not {'an' if what == 'item' else 'a'} {what} index "
+                                                    "(decimal, listed once)")
+    return int(key)
+
+
 def read_histories(path: Path) -> dict[int, list[int]]:
     """User index -> item indices, from `{"<user index>": [item index, ...]}`."""
     data = read_json(path)
@@ -67,8 +75,7 @@ def read_histories(path: Path) -> dict[int, list[int]]:
         raise input_error(path, "top level", type(data).__name__, 'expected {"<user index>": [item index, ...]}')
     histories = {}
     for key, items in data.items():
-        if not (key.isascii() and key.isdigit()) or int(key) in histories:
-            raise input_error(path, "user key", key, "not a user index (decimal, listed once)")
+        index_key(path, key, histories, "user")
         if not isinstance(items, list) or not all(type(i) is int and i >= 0 for i in items):
             raise input_error(path, f"user {key}", repr(items)[:EXCERPT], "expected a list of item indices >= 0")
         histories[int(key)] = items
@@ -105,8 +112,7 @@ def read_attributes(path: Path, id2item: dict) -> dict[int, list[str]]:
         raise input_error(path, "top level", type(data).__name__, 'expected {"<item index>": {"asin", "attributes"}}')
     attributes = {}
     for key, entry in data.items():
-        if not (key.isascii() and key.isdigit()) or int(key) in attributes:
-            raise input_error(path, "item key", key, "not an item index (decimal, listed once)")
+        index_key(path, key, attributes, "item")
         if not (isinstance(entry, dict) and isinstance(entry.get("asin"), str)
                 and isinstance(entry.get("attributes"), list) and all(isinstance(a, str) for a in entry["attributes"])):
             raise input_error(path, f"item {key}", repr(entry)[:EXCERPT], 'expected {"asin": str, "attributes": [str]}')

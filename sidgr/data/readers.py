@@ -110,8 +110,8 @@ def iter_sequence_batches(path, batch_size: int = 65536, num_items: int | None =
     required = ["user_id", "item_ids"] + (["target"] if require_target else [])
     pf = open_parquet(path, required)
     names = pf.schema_arrow.names
-    columns = required + (["target"] if with_target and "target" in names and not require_target else [])
-    columns += ["timestamps"] if with_timestamps and "timestamps" in names else []
+    optional = (["target"] if with_target and not require_target else []) + (["timestamps"] if with_timestamps else [])
+    columns = required + [c for c in optional if c in names]
     for rb in pf.iter_batches(batch_size=batch_size, columns=columns, use_threads=False):
         yield sequence_batch(rb, path, num_items, require_history)
 
@@ -125,14 +125,15 @@ def read_sequences(path, with_timestamps: bool = True, with_target: bool = True,
 def read_targets(path, num_items: int | None = None) -> tuple[SequenceBatch, bool]:
     """Held-out targets with their users' histories (valid/test parquet); user ids must be unique.
     A file of `user_id, target` alone is accepted: the second value says whether histories were present."""
-    if "item_ids" in open_parquet(path, ["user_id", "target"]).schema_arrow.names:
+    has_history = "item_ids" in open_parquet(path, ["user_id", "target"]).schema_arrow.names
+    if has_history:
         batch = read_sequences(path, with_timestamps=False, num_items=num_items, require_target=True)
     else:
         table = pq.read_table(path, columns=["user_id", "target"])
         empty = pa.array([[]] * table.num_rows, pa.list_(pa.int64()))
         batch = sequence_batch(table.append_column("item_ids", empty), path, num_items)
     check_unique_users(batch.user_ids, path)
-    return batch, "item_ids" in pq.read_schema(path).names
+    return batch, has_history
 
 
 # ---- candidates ------------------------------------------------------------------------------------------------
@@ -142,13 +143,11 @@ class Candidates:
 
     user_ids: np.ndarray  # [U]
     items: Ragged
-    scores: Ragged | None = None
+    scores: Ragged | None = None  # None when read back for evaluation (scores are not needed there)
 
     def to_table(self) -> pa.Table:
-        scores = self.scores if self.scores is not None else Ragged(np.zeros(len(self.items.values), np.float32),
-                                                                    self.items.offsets)
         return pa.table([pa.array(self.user_ids, pa.int64()), self.items.to_arrow(pa.int64()),
-                         scores.to_arrow(pa.float32())], schema=CANDIDATES_SCHEMA)
+                         self.scores.to_arrow(pa.float32())], schema=CANDIDATES_SCHEMA)
 
 
 def read_candidates(path) -> Candidates:
