@@ -5,9 +5,14 @@ level, adds the beam's cumulative log-prob, masks codes that do not extend a cat
 (`PrefixIndex.allowed_mask`, vectorized over all beams), and keeps the top W_h (beam, code) pairs of each user.
 Beams are distinct catalog prefixes, so a step never has more beams than prefixes of that length exist:
 fewer valid candidates -> fewer beams (padded as dead: node -1, score -inf), never invalid ones.
+History exclusion acts at every level: a prefix all of whose items the user has seen is masked like a prefix
+outside the catalog, so every live beam holds at least one unseen item. Hence with every level's width >= k a
+user gets min(k, unseen catalog items) distinct unseen items: at each level the beam either holds W live
+prefixes (>= W unseen items below them) or every live prefix of that length (every unseen item below them).
 All work is done in place on the [B, W, C_h] logits buffer, so a step's memory is O(B * W * C_h) whatever the
-catalog size. Ties are broken deterministically: higher score first, then lower (beam, code) index; final
-items: higher score first, then lower item id (items sharing a SID tie exactly and come in item-id order).
+catalog size. Ties are broken deterministically, the same way here and in the exact scorer: higher score first,
+then the lexicographically smaller SID (beams are kept in SID order, so a lower (beam, code) index is a smaller
+prefix), then lower item id (items sharing a SID tie exactly and come in item-id order).
 """
 from __future__ import annotations
 
@@ -58,20 +63,35 @@ def beam_widths(widths: int | list[int], num_levels: int, source="beam") -> list
 
 
 def sorted_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k of each row of [B, N], best first; equal scores ordered by lower index (deterministic)."""
-    vals, idx = scores.topk(k, dim=1, sorted=False)
-    by_idx = idx.argsort(dim=1, stable=True)
-    vals, idx = vals.gather(1, by_idx), idx.gather(1, by_idx)
+    """Top-k of each row of [B, N], best first; among equal scores the lower index is kept and comes first,
+    also at the cut (which of several tied entries makes the top-k is decided by index, not by `topk`)."""
+    B, N = scores.shape
+    if k >= N:
+        idx = scores.argsort(dim=1, descending=True, stable=True)
+        return scores.gather(1, idx), idx
+    kth = scores.topk(k, dim=1, sorted=False).values.min(dim=1, keepdim=True).values  # the k-th best score
+    above = scores > kth
+    tied = scores == kth
+    room = k - above.sum(1, keepdim=True)  # how many of the tied entries fit, lowest index first
+    keep = above | (tied & (tied.cumsum(1) <= room))
+    idx = keep.nonzero()[:, 1].view(B, k)  # exactly k per row, in index order
+    vals = scores.gather(1, idx)
     by_val = vals.argsort(dim=1, descending=True, stable=True)
     return vals.gather(1, by_val), idx.gather(1, by_val)
 
 
-def item_leaves(index: PrefixIndex, num_items: int) -> torch.Tensor:
-    """[N] leaf id of every item."""
-    leaf_of_pos = torch.searchsorted(index.leaf_offsets, torch.arange(index.leaf_items.numel()), right=True) - 1
-    out = torch.empty(num_items, dtype=torch.int64)
-    out[index.leaf_items] = leaf_of_pos
-    return out
+@dataclass
+class ItemPaths:
+    """Every item's node at every depth and the number of items below each node (for history exclusion)."""
+    nodes: list[torch.Tensor]  # nodes[d][item] = its depth-d prefix node, d = 0..H
+    sizes: list[torch.Tensor]  # sizes[d][node] = catalog items below the depth-d node
+
+    @classmethod
+    def build(cls, index: PrefixIndex, num_items: int) -> "ItemPaths":
+        leaf = index.item_leaves(num_items)
+        nodes = [anc[leaf] for anc in index.leaf_ancestors()]
+        sizes = [torch.bincount(n, minlength=index.num_nodes(d)) for d, n in enumerate(nodes)]
+        return cls(nodes, sizes)
 
 
 def history_pairs(histories: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,22 +103,26 @@ def history_pairs(histories: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Te
     return key // n, key % n
 
 
-def fully_seen_leaves(index: PrefixIndex, leaf_of_item: torch.Tensor, users: torch.Tensor,
-                      items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(user, leaf) pairs whose items are all in the user's history (unique history pairs given)."""
-    leaves = leaf_of_item[items]
-    m = index.num_nodes(index.num_levels)
-    key, counts = torch.unique(users * m + leaves, return_counts=True)
-    u, leaf = key // m, key % m
-    full = counts == index.leaf_sizes(leaf)
-    return u[full], leaf[full]
+def fully_seen_prefixes(index: PrefixIndex, paths: ItemPaths, users: torch.Tensor, items: torch.Tensor
+                        ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """For each beam step h (choosing the depth-h+1 prefix): the (user, parent, code) choices leading to a prefix
+    whose items the user has all seen. `users`, `items`: unique history pairs (`history_pairs`)."""
+    out = []
+    for depth in range(1, index.num_levels + 1):
+        nodes = paths.nodes[depth][items]
+        m = index.num_nodes(depth)
+        key, counts = torch.unique(users * m + nodes, return_counts=True)
+        full = counts == paths.sizes[depth][key % m]
+        u, node = key[full] // m, key[full] % m
+        out.append((u, index.child_parent[depth - 1][node], index.child_code[depth - 1][node]))
+    return out
 
 
 def _mask_children(total: torch.Tensor, nodes: torch.Tensor, users: torch.Tensor, parents: torch.Tensor,
                    codes: torch.Tensor) -> None:
     """Set total[b, w, code] = -inf where beam w of user b sits on `parents` (one entry per (user, parent, code))."""
     B, W, C = total.shape
-    m = int(max(int(nodes.max()), int(parents.max()) if parents.numel() else 0)) + 2
+    m = int(max(int(nodes.max()), int(parents.max()))) + 2
     beam_keys = (torch.arange(B).unsqueeze(1) * m + nodes + 1).reshape(-1)
     sorted_keys, perm = beam_keys.sort()
     q = users * m + parents + 1
@@ -122,16 +146,19 @@ def _expand_step(index: PrefixIndex, logits: torch.Tensor, cum: torch.Tensor,
     vals, idx, alive = vals[:, :keep], idx[:, :keep], alive[:, :keep]
     parent, code = idx // C, idx % C
     child = index.child(depth, nodes.gather(1, parent).clamp(min=0), code)
+    # beams kept in SID order (dead last): the next step's lower (beam, code) index is then the smaller prefix
+    sid_key = torch.where(alive, child, torch.full_like(child, index.num_nodes(depth + 1)))
+    by_sid = sid_key.argsort(dim=1, stable=True)
+    vals, parent, code, child, alive = (t.gather(1, by_sid) for t in (vals, parent, code, child, alive))
     child = torch.where(alive, child, torch.full_like(child, -1))
     return vals, parent, code, child
 
 
 @torch.no_grad()
 def beam_search(model: EngineModel, index: PrefixIndex, bos_hidden: torch.Tensor, history: HistoryCache,
-                widths: list[int], exclude_leaves: tuple[torch.Tensor, torch.Tensor] | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                widths: list[int], exclude: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """H constrained steps from the prefill's BOS hidden state [B, h].
-    exclude_leaves: (user rows, leaf ids) never to be chosen at the last step.
+    exclude: per step, (user rows, parents, codes) never to be chosen (`fully_seen_prefixes`).
     Returns final leaves [B, W'] (-1 = dead beam) and their SID log-likelihoods [B, W'] (-inf when dead)."""
     arch = model.arch
     H, B = arch.num_levels, bos_hidden.shape[0]
@@ -146,12 +173,9 @@ def beam_search(model: EngineModel, index: PrefixIndex, bos_hidden: torch.Tensor
             tokens = codes + arch.level_offsets[depth - 1]
             pos = decode_position(history.lengths, depth - 1, H)
             hidden, cache = model.decode_step(tokens, pos, history, cache)
-        exclude = None
-        if exclude_leaves is not None and depth == H - 1:
-            users, leaves = exclude_leaves
-            exclude = (users, index.child_parent[depth][leaves], index.child_code[depth][leaves])
         logits = model.level_logits(hidden, depth)
-        cum, parent, codes, nodes = _expand_step(index, logits, cum, nodes, depth, widths[depth], exclude)
+        cum, parent, codes, nodes = _expand_step(index, logits, cum, nodes, depth, widths[depth],
+                                                 exclude[depth] if exclude is not None else None)
         if depth < H - 1 and depth > 0:
             cache = cache.reorder(parent)
     return nodes, cum
@@ -160,20 +184,21 @@ def beam_search(model: EngineModel, index: PrefixIndex, bos_hidden: torch.Tensor
 def rank_items(index: PrefixIndex, leaves: torch.Tensor, scores: torch.Tensor, k: int,
                seen: tuple[torch.Tensor, torch.Tensor] | None = None) -> Ranked:
     """Leaves [B, W] with scores -> top-k items per user: every item of a leaf gets the leaf's score;
-    order: score desc, then item id asc. `seen` (user rows, items) are dropped (history exclusion)."""
+    order: score desc, then SID (leaf id) asc, then item id asc. `seen` (user rows, items) are dropped."""
     B, W = leaves.shape
     live = (leaves >= 0).reshape(-1).nonzero().squeeze(1)
     items, owner = index.leaf_to_items(leaves.reshape(-1)[live])
     flat = live[owner]
-    users, item_scores = flat // W, scores.reshape(-1)[flat]
+    users, item_scores, item_leaf = flat // W, scores.reshape(-1)[flat], leaves.reshape(-1)[flat]
     if seen is not None and seen[0].numel():
         n = int(max(int(items.max()) if items.numel() else 0, int(seen[1].max()))) + 1
         seen_keys = (seen[0] * n + seen[1]).sort().values
         q = users * n + items
         pos = torch.searchsorted(seen_keys, q).clamp(max=seen_keys.numel() - 1)
         keep = seen_keys[pos] != q
-        users, items, item_scores = users[keep], items[keep], item_scores[keep]
+        users, items, item_scores, item_leaf = users[keep], items[keep], item_scores[keep], item_leaf[keep]
     order = items.argsort(stable=True)
+    order = order[item_leaf[order].argsort(stable=True)]
     order = order[item_scores[order].argsort(descending=True, stable=True)]
     order = order[users[order].argsort(stable=True)]
     users, items, item_scores = users[order], items[order], item_scores[order]

@@ -12,7 +12,7 @@ from sidgr.errors import input_error
 from sidgr.token_layout import prefill_layout
 from sidgr.sid.prefix_index import PrefixIndex
 
-from .beam import Ranked, beam_search, beam_widths, fully_seen_leaves, history_pairs, item_leaves, rank_items
+from .beam import ItemPaths, Ranked, beam_search, beam_widths, fully_seen_prefixes, history_pairs, rank_items
 from .exact import exact_top_leaves
 from .model import EngineModel
 from .weights import EngineFiles, load_engine
@@ -31,7 +31,7 @@ class Engine:
         self.mapping = files.mapping
         self.model = EngineModel.from_state_dict(files.arch, files.state_dict)
         self.index = PrefixIndex.build(files.mapping)
-        self.leaf_of_item = item_leaves(self.index, files.mapping.num_items)
+        self.paths = ItemPaths.build(self.index, files.mapping.num_items)
 
     @classmethod
     def load(cls, engine_dir: str | os.PathLike) -> "Engine":
@@ -71,7 +71,8 @@ class Engine:
         """Top-k catalog items for each history (item ids, time order; the last max_history are used).
 
         widths: the beam width (int) or one width per level; k must not exceed the last one. exclude_history:
-        never return an item of the history. exact: score every item's SID instead of beam search (slow, the
+        never return an item of the history; with every width >= k each user then gets min(k, unseen catalog
+        items) items. exact: score every item's SID instead of beam search (slow, the
         reference). Only real catalog items come out; users with fewer reachable items get -1 padding."""
         histories = [torch.as_tensor(h, dtype=torch.int64).reshape(-1) for h in histories]
         self.check_histories(histories)
@@ -85,6 +86,6 @@ class Engine:
         ws = beam_widths(widths, self.arch.num_levels)
         if k > ws[-1]:
             raise input_error("retrieve", "k", k, f"larger than the final beam width {ws[-1]}")
-        exclude = fully_seen_leaves(self.index, self.leaf_of_item, *seen) if seen is not None else None
+        exclude = fully_seen_prefixes(self.index, self.paths, *seen) if seen is not None else None
         leaves, scores = beam_search(self.model, self.index, bos_hidden, cache, ws, exclude)
         return rank_items(self.index, leaves, scores, k, seen)

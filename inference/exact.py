@@ -19,16 +19,6 @@ from .kv_cache import BeamCache, HistoryCache
 from .model import EngineModel
 
 
-def leaf_ancestors(index: PrefixIndex) -> list[torch.Tensor]:
-    """anc[d][leaf] = the leaf's ancestor node at depth d (anc[H] = the leaf itself)."""
-    H = index.num_levels
-    anc = [None] * (H + 1)
-    anc[H] = torch.arange(index.num_nodes(H))
-    for d in range(H, 0, -1):
-        anc[d - 1] = index.child_parent[d - 1][anc[d]]
-    return anc
-
-
 @torch.no_grad()
 def chunk_leaf_scores(model: EngineModel, index: PrefixIndex, logp0: torch.Tensor, history: HistoryCache,
                       anc: list[torch.Tensor], first: int, last: int) -> torch.Tensor:
@@ -62,7 +52,7 @@ def exact_top_leaves(model: EngineModel, index: PrefixIndex, bos_hidden: torch.T
     equal scores: lower leaf id first. Each decode step runs at most ~max_tokens beam tokens."""
     B = bos_hidden.shape[0]
     num_leaves = index.num_nodes(index.num_levels)
-    anc = leaf_ancestors(index)
+    anc = index.leaf_ancestors()
     logp0 = model.level_log_probs(bos_hidden, 0)
     chunk = max(1, max_tokens // max(B, 1))
     best_s = torch.empty(B, 0)

@@ -120,3 +120,73 @@ def test_exact_scorer_chunks_agree_with_one_pass():
     assert torch.allclose(one_s, many_s, atol=1e-5)
     # a probability distribution over full SIDs that all exist: the catalog's mass is <= 1
     assert bool((one_s.exp().sum(1) <= 1 + 1e-5).all())
+
+
+def adversarial_histories(eng, k: int) -> dict[str, list[torch.Tensor]]:
+    """Histories built to starve a beam that excludes seen items only at the last level."""
+    n = eng.mapping.num_items
+    users = histories(4, n, seed=11)
+    exact = eng.retrieve(users, k=n, widths=1, exact=True).items
+    level0 = eng.mapping.codes[0]
+    out = {"exact top-100 + 5 random": [torch.cat([row[:100], h[:5]]) for row, h in zip(exact, users)],
+           "whole subtrees": [(level0 != level0[int(row[0])]).logical_not().nonzero().squeeze(1)
+                              for row in exact],  # every item under each user's best level-0 code
+           "all but k": [row[-(n - k):] for row in exact],  # only the k worst items are unseen
+           "all but k - 3": [row[-(n - k + 3):] for row in exact],
+           "everything": [torch.arange(n)] * 2}
+    return out
+
+
+@pytest.mark.parametrize("head_mode", ["shared", "per_level"])
+@pytest.mark.parametrize("case", ["exact top-100 + 5 random", "whole subtrees", "all but k", "all but k - 3",
+                                  "everything"])
+def test_history_exclusion_keeps_k_unseen_items_at_width_k(head_mode, case):
+    """With every width >= k each user gets min(k, unseen catalog items) distinct unseen items, and they are the
+    exact scorer's top-k when the beam is wide enough to be exact."""
+    eng = make_engine(head_mode, num_items=150)
+    k = 20
+    hist = adversarial_histories(eng, k)[case]
+    got = eng.retrieve(hist, k=k, widths=k, exclude_history=True)
+    full = eng.retrieve(hist, k=k, widths=4096, exclude_history=True)
+    exact = eng.retrieve(hist, k=k, widths=1, exclude_history=True, exact=True)
+    assert torch.equal(full.items, exact.items)
+    for h, row in zip(hist, got.items):
+        items = row[row >= 0].tolist()
+        unseen = 150 - len(set(h.tolist()))
+        assert len(items) == min(k, unseen), (case, len(items), unseen)
+        assert len(set(items)) == len(items) and not set(items) & set(h.tolist())
+
+
+def test_sorted_topk_keeps_lower_index_among_ties_at_the_cut():
+    from sidgr.inference.beam import sorted_topk
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 4, (50, 37), generator=g).float()
+    scores[:, 5] = float("-inf")
+    for k in (1, 3, 10, 36, 37):
+        vals, idx = sorted_topk(scores, k)
+        for row, v, i in zip(scores, vals, idx):  # reference: a full sort by (score desc, index asc)
+            ref = sorted(range(37), key=lambda j: (-row[j].item(), j))[:k]
+            assert i.tolist() == ref and v.tolist() == row[ref].tolist()
+    vals, idx = sorted_topk(torch.zeros(3, 1000), 7)
+    assert idx.tolist() == [list(range(7))] * 3
+
+
+@pytest.mark.parametrize("exclude", [False, True])
+def test_all_equal_logits_tie_the_same_way_in_beam_and_exact(exclude):
+    """Zero output head: every item has the same likelihood. Beam and exact keep the items with the smallest
+    SIDs and list them by SID, then item id, at every width."""
+    arch = ModelArch(codebook_sizes=SIZES, hidden_size=32, num_layers=2, num_attention_heads=4,
+                     ffn_hidden_size=64, max_items=6, head_mode="shared")
+    state = random_state_dict(arch, 0)
+    state["heads.0.weight"].zero_()
+    mapping = random_mapping(150, list(SIZES), seed=4, unique=False)
+    eng = Engine(EngineFiles(arch, state, mapping, "test"))
+    hist = histories(5, 150, seed=12)
+    sid_order = sorted(range(150), key=lambda i: (mapping.codes[:, i].tolist(), i))
+    exact = eng.retrieve(hist, k=30, widths=1, exclude_history=exclude, exact=True)
+    for widths in (30, 64, [30, 30, 30, 30], 4096):
+        beam = eng.retrieve(hist, k=30, widths=widths, exclude_history=exclude)
+        assert torch.equal(beam.items, exact.items), widths
+    for h, row in zip(hist, exact.items):
+        seen = set(h.tolist()) if exclude else set()
+        assert row.tolist() == [i for i in sid_order if i not in seen][:30]

@@ -2,7 +2,7 @@
 evaluate, each an ordinary `sidgr` command run as a subprocess and logged, so any number can be reproduced by hand.
 
 Model selection uses the validation target only; the test target is evaluated once per model, with the selected
-checkpoint. Used by the demo (`sidgr.experiments.demo`) and by validation-only tuning (`scripts/tune_ml100k.py`).
+checkpoint. Used by the demo (`sidgr.experiments.demo`) and by validation-only tuning (`scripts/tune.py`).
 """
 from __future__ import annotations
 

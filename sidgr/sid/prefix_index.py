@@ -94,6 +94,22 @@ class PrefixIndex:
             node = torch.where(valid & in_range, nxt, torch.full_like(node, -1))
         return node
 
+    def leaf_ancestors(self) -> list[torch.Tensor]:
+        """anc[d][leaf] = the leaf's ancestor node at depth d, for d = 0..H (anc[H] = the leaf itself)."""
+        H = self.num_levels
+        anc = [torch.empty(0, dtype=torch.int64)] * (H + 1)
+        anc[H] = torch.arange(self.num_nodes(H))
+        for d in range(H, 0, -1):
+            anc[d - 1] = self.child_parent[d - 1][anc[d]]
+        return anc
+
+    def item_leaves(self, num_items: int) -> torch.Tensor:
+        """[N] leaf id of every item."""
+        leaf_of_pos = torch.searchsorted(self.leaf_offsets, torch.arange(self.leaf_items.numel()), right=True) - 1
+        out = torch.empty(num_items, dtype=torch.int64)
+        out[self.leaf_items] = leaf_of_pos
+        return out
+
     def leaf_sizes(self, leaves: torch.Tensor) -> torch.Tensor:
         return self.leaf_offsets[leaves + 1] - self.leaf_offsets[leaves]
 

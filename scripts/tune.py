@@ -1,9 +1,9 @@
-"""Tune SID-GR on the ml-100k VALIDATION target only (the test target is never read here).
+"""Tune SID-GR on a dataset's VALIDATION target only (the test target is never read here).
 
-Each trial is configs/ml100k.gin plus gin bindings, trained with the demo's settings; every kept checkpoint is
+Each trial is the dataset's config (configs/DATASET.gin) plus gin bindings, trained with the demo's settings; every kept checkpoint is
 exported, retrieves the valid users and is scored (Recall@10). Writes OUT/tuning.md and OUT/tuning.json.
 
-    python scripts/tune_ml100k.py --data artifacts/ml100k --tokenizer balanced --out runs/tune \\
+    python scripts/tune.py --data artifacts/ml100k --tokenizer balanced --out runs/tune \\
         --trial 'base=' --trial 'drop0.2=ModelConfig.dropout=0.2' \\
         --trial 'small=ModelConfig.hidden_size=64,ModelConfig.ffn_hidden_size=256'
 
@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from sidgr.experiments.datasets import DATASETS
 from sidgr.experiments.pipeline import Plan, Runner, item_valid_scores, train_and_score_on_valid
 
 
@@ -29,7 +30,9 @@ def parse_trial(text: str) -> tuple[str, list[str]]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default="artifacts/ml100k", help="prepared ml-100k files and sids_<tokenizer>/ dirs")
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="ml100k",
+                   help="whose configs and validation sample (big datasets score a seeded sample of valid users)")
+    p.add_argument("--data", default="artifacts/ml100k", help="prepared files and sids_<tokenizer>/ dirs")
     p.add_argument("--tokenizer", default="balanced", help="which sids_<tokenizer>/sids.json to train on")
     p.add_argument("--out", default="runs/tune")
     p.add_argument("--trial", action="append", required=True, help="NAME=gin.binding=value,gin.binding=value")
@@ -38,16 +41,17 @@ def main(argv=None) -> int:
     p.add_argument("--beam-width", type=int, default=256)
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--config", default=None,
-                   help="gin file (default configs/ml100k.gin; configs/ml100k_sasrec.gin with --item)")
+                   help="gin file (default configs/DATASET.gin; configs/DATASET_sasrec.gin with --item)")
     p.add_argument("--item", action="store_true",
                    help="item-level model (SASRec-CE, SID-input): its trainer's valid Recall@10 per checkpoint")
     args = p.parse_args(argv)
     mapping = Path(args.data) / f"sids_{args.tokenizer}" / "sids.json"
     if not mapping.exists():
         raise SystemExit(f"tune: {mapping}: no SID mapping (run the demo first, or pass --data/--tokenizer)")
+    spec = DATASETS[args.dataset]
     trials = [parse_trial(t) for t in args.trial]
     plan = Plan(out=Path(args.out), data=Path(args.data), quick=False, nproc=args.nproc, steps=args.steps,
-                eval_interval=args.eval_interval, beam_width=args.beam_width)
+                eval_interval=args.eval_interval, beam_width=args.beam_width, dataset=spec)
     plan.out.mkdir(parents=True, exist_ok=True)
     per_trial = 1 if args.item else 1 + 3 * max(args.steps // args.eval_interval, 1)
     run = Runner(plan, per_trial * len(trials))
@@ -55,11 +59,11 @@ def main(argv=None) -> int:
     for name, bindings in trials:
         t0 = time.perf_counter()
         if args.item:
-            scores = item_valid_scores(run, plan, name, args.config or "configs/ml100k_sasrec.gin", mapping,
+            scores = item_valid_scores(run, plan, name, args.config or spec.config("sasrec"), mapping,
                                        bindings)
         else:
             scores = train_and_score_on_valid(run, plan, name, mapping, bindings,
-                                              args.config or "configs/ml100k.gin")
+                                              args.config or spec.config())
         best = max(scores, key=lambda c: (scores[c], c))
         results[name] = {"bindings": bindings, "valid_recall@10": scores, "best": best, "best_value": scores[best],
                          "wall_s": round(time.perf_counter() - t0, 1)}
