@@ -1,6 +1,7 @@
 """Engine == Megatron: build the trainer's Megatron model at TP=1 and TP=2 (torchrun), save a checkpoint with the
 trainer's checkpoint code (Adam state included), export it without Megatron, and compare logits (fp32, <= 1e-5)
-on the same batch, for both head modes (one torchrun per TP size builds both)."""
+on the same batch, for both head modes (one torchrun per TP size builds both); and the engine's item scores are the
+trained model's likelihood: exact and beam scores equal minus the training loss path's cross-entropy."""
 import pytest
 import torch
 
@@ -10,24 +11,45 @@ from launch import run_torchrun
 pytestmark = [pytest.mark.dist, pytest.mark.slow]
 
 
+def batch_catalog(sids):
+    """A catalog whose item b * L + l is the batch's item (b, l) (padding items included)."""
+    from sidgr.sid.mapping import SIDMapping
+    return SIDMapping(sids.reshape(-1, len(SIZES)).t().contiguous(), list(SIZES), {"method": "test"})
+
+
+def check_scores_are_training_likelihood(engine_dir, sids, lengths, ref):
+    """Each row's last item: the engine's score (exact and beam) == -(sum of its training token losses)."""
+    from sidgr.inference.engine import Engine
+    engine = Engine.load(engine_dir)
+    L, n = sids.shape[1], engine.mapping.num_items
+    hist = [torch.arange(b * L, b * L + int(m) - 1) for b, m in enumerate(lengths)]
+    for kwargs in ({"exact": True, "widths": 1}, {"widths": 4096}):
+        ranked = engine.retrieve(hist, k=n, **kwargs)
+        for b, m in enumerate(lengths):
+            target = b * L + int(m) - 1
+            score = ranked.scores[b][ranked.items[b] == target]
+            assert score.numel() == 1, kwargs
+            assert abs(float(score) + float(ref["last_item_nll"][b])) <= 1e-4, (kwargs, b)
+
+
 @pytest.mark.parametrize("tp", [1, 2])
 def test_engine_logits_equal_megatron(tmp_path, tp):
     from sidgr.inference.export import export_checkpoint
     from sidgr.inference.model import EngineModel
-    from sidgr.inference.random_engine import random_mapping
     from sidgr.inference.weights import load_engine
     from sidgr.token_layout import training_layout
 
-    random_mapping(40, list(SIZES), seed=0).save(tmp_path / "sids")
+    sids, lengths = make_batch()
+    batch_catalog(sids).save(tmp_path / "sids")
     run_torchrun("tests/dist/engine_megatron_worker.py", tp, tp, tmp_path, timeout=300)
 
-    sids, lengths = make_batch()
     for head_mode in HEAD_MODES:
         export_checkpoint(tmp_path / head_mode / "checkpoints" / "iter_0000001", tmp_path / f"engine_{head_mode}")
         files = load_engine(tmp_path / f"engine_{head_mode}")
         assert files.arch.head_mode == head_mode
         model = EngineModel.from_state_dict(files.arch, files.state_dict)
         ref = torch.load(tmp_path / f"{head_mode}.pt")
+        check_scores_are_training_likelihood(tmp_path / f"engine_{head_mode}", sids, lengths, ref)
         tb = training_layout(sids, lengths, "last", files.arch.level_offsets)
         with torch.no_grad():
             hidden = model(tb)

@@ -24,7 +24,7 @@ def results(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("head_mode", ["shared", "per_level", "shared_level"])
+@pytest.mark.parametrize("head_mode", ["shared", "per_level"])
 def test_tp2_matches_tp1_loss_and_gradients(results, head_mode):
     one, two = results[1]["tp"][head_mode], results[2]["tp"][head_mode]
     assert abs(one["loss"] - two["loss"]) <= 1e-5
@@ -42,7 +42,6 @@ def test_level_softmax_is_the_engines_per_level_softmax(results):
     r = results[1]["level_softmax"]
     assert r["level"].numel() > 50
     torch.testing.assert_close(r["level"], r["reference"], atol=1e-5, rtol=0)
-    assert (r["level"] < r["all_levels"]).all()  # fewer competitors: strictly smaller loss per token
 
 
 def test_dp2_half_batches_match_dp1_whole_batch(results):
@@ -69,8 +68,9 @@ def test_all_mode_equals_last_mode_on_every_prefix_two_layers(results):
 
 
 def test_model_overfits_a_tiny_dataset(results):
-    """40 users, 20 codes: 150 Adam steps (lr 1e-2, no dropout) take the train loss from ~ln(20) to < 0.5."""
+    """40 users, codebooks 8, 8, 4: 150 Adam steps (lr 1e-2, no dropout) take the train loss from about the
+    per-level uniform mean (ln 8 + ln 8 + ln 4) / 3 = 1.85 to < 0.5."""
     losses = results[1]["overfit"]
     assert len(losses) == 150
-    assert sum(losses[:5]) / 5 > 2.5
+    assert sum(losses[:5]) / 5 > 1.6
     assert sum(losses[-10:]) / 10 < 0.5, losses[-10:]

@@ -41,10 +41,9 @@ class ModelConfig:
     ffn_hidden_size: int = 512
     kind: Literal["sid_gr", "item"] = "sid_gr"  # 'item': the item-level baselines (SASRec-CE, SID-input)
     item_input: str = "id"  # kind='item' only: id | rqsum | prefixn | rqsum+id | prefixn+id
+    # shared: one head over all levels' codes, its softmax at level h restricted to level h's codes (training and
+    # engine alike); per_level: one head per level
     head_mode: Literal["shared", "per_level"] = "shared"
-    # head_mode="shared" only: True = the training softmax at level h covers only level h's codes, as the
-    # engine's per-level log-softmax does; False = over all levels' codes (the original behaviour)
-    level_softmax: bool = False
     loss_mode: Literal["last", "all"] = "all"
     codebook_sizes: tuple = ()  # () = take them from the SID mapping; else must match it
     dropout: float = 0.1  # embedding, attention and hidden dropout

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from megatron.core import parallel_state as ps
 from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
 from sidgr.token_layout import TokenBatch
@@ -31,11 +32,9 @@ def token_losses(model, hidden: torch.Tensor, batch: TokenBatch) -> TokenLosses:
     labels = batch.labels[rows, cols]
     levels = batch.label_levels[rows, cols]
     if arch.head_mode == "shared":
-        logits = model.head_logits(0, h_sel)
-        if getattr(model, "level_softmax", False):
-            from megatron.core import parallel_state as ps
-            logits = level_masked_logits(logits, levels, arch.level_offsets, arch.codebook_sizes,
-                                         ps.get_tensor_model_parallel_rank())
+        # the softmax at level h covers level h's codes only: the distribution the engine scores with
+        logits = level_masked_logits(model.head_logits(0, h_sel), levels, arch.level_offsets, arch.codebook_sizes,
+                                     ps.get_tensor_model_parallel_rank())
         losses = vocab_parallel_cross_entropy(logits, labels)
     else:
         losses = torch.zeros(labels.shape[0], dtype=torch.float32, device=hidden.device)

@@ -149,5 +149,4 @@ def vocab_slice_logits(head: tensor_parallel.ColumnParallelLinear, hidden: torch
 def build_model(model_cfg: ModelConfig, arch: ModelArch, tp: int, device: torch.device) -> SIDGRModel:
     config = transformer_config(model_cfg, arch, tp)
     model = SIDGRModel(config, arch, model_cfg.vocab_pad_multiple)
-    model.level_softmax = bool(model_cfg.level_softmax)  # read by training/loss.py (shared head only)
     return model.to(device)

@@ -1,5 +1,6 @@
 """Builds the trainer's Megatron model at TP=N, saves a checkpoint with the trainer's checkpoint code (Adam state
-included) and writes the model's full hidden states and logits, for both head modes; for tests/test_engine_megatron.py.
+included) and writes the model's full hidden states and logits, and the training loss path's token losses of each
+row's last item, for both head modes; for tests/test_engine_megatron.py.
 
 Usage: torchrun --standalone --nproc_per_node=TP tests/dist/engine_megatron_worker.py TP OUT_DIR
        (OUT_DIR must already hold sids.json; writes OUT_DIR/<head_mode>/checkpoints/... and OUT_DIR/<head_mode>.pt)
@@ -41,6 +42,7 @@ def build_save_forward(tp: int, head_mode: str, out: Path, info) -> None:
     from sidgr.training.checkpoint import save_checkpoint
     from sidgr.training.config import ModelConfig, OptimizerConfig, ParallelConfig, model_arch
     from sidgr.training.dist import seed_everything
+    from sidgr.training.loss import token_losses
     from sidgr.training.model import build_model
     from sidgr.training.optim import build_optimizer, build_scheduler, wrap_ddp
 
@@ -70,8 +72,11 @@ def build_save_forward(tp: int, head_mode: str, out: Path, info) -> None:
             parts = [torch.empty_like(local) for _ in range(tp)]
             dist.all_gather(parts, local, group=ps.get_tensor_model_parallel_group())
             heads.append(torch.cat(parts, dim=-1)[:, :size])
+        tl = token_losses(model, hidden.transpose(0, 1), tb)  # 'last' layout: the codes of each row's last item
+        last_item_nll = torch.zeros(sids.shape[0]).index_add_(0, tl.rows, tl.losses)
     if info.is_rank0:
-        torch.save({"hidden": hidden.contiguous(), "heads": heads}, out / f"{head_mode}.pt")
+        torch.save({"hidden": hidden.contiguous(), "heads": heads, "last_item_nll": last_item_nll},
+                   out / f"{head_mode}.pt")
 
 
 if __name__ == "__main__":

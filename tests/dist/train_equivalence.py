@@ -18,10 +18,8 @@ def configs(head_mode: str, loss_mode: str = "all", num_layers: int = 2):
     from sidgr.training.config import ModelConfig, OptimizerConfig, ParallelConfig
     from sidgr.training.loader import DataConfig
 
-    level_softmax = head_mode == "shared_level"  # the shared head with ModelConfig.level_softmax=True
     mcfg = ModelConfig(hidden_size=32, num_layers=num_layers, num_attention_heads=4, ffn_hidden_size=64,
-                       head_mode="shared" if level_softmax else head_mode, loss_mode=loss_mode, dropout=0.0,
-                       level_softmax=level_softmax)
+                       head_mode=head_mode, loss_mode=loss_mode, dropout=0.0)
     ocfg = OptimizerConfig(optimizer="sgd", lr=0.5, min_lr=0.5, warmup_steps=0, decay_style="constant",
                            weight_decay=0.0, sgd_momentum=0.0, clip_grad=0.0)
     return mcfg, ocfg, ParallelConfig()
@@ -71,7 +69,7 @@ def tp_loss_and_grads(data_dir: str, tp: int) -> dict:
 
     out = {}
     batch, _ = real_batch(data_dir, 0, 1)
-    for head_mode in ("shared", "per_level", "shared_level"):
+    for head_mode in ("shared", "per_level"):
         model, mcfg, *_ = build(head_mode, "all", tp, data_dir)
         tb = layout_for(batch, "all", model.arch, torch.device("cpu"))
         loss, _ = forward_loss(model, model, tb)
@@ -134,11 +132,11 @@ def overfit(data_dir: str, steps: int = 150) -> list[float]:
 
 @torch.no_grad()
 def level_softmax_reference(data_dir: str) -> dict:
-    """TP=1: the level-softmax token losses vs -log_softmax over each label's level slice of the full logits."""
+    """TP=1: the shared head's token losses vs -log_softmax over each label's level slice of the full logits."""
     from sidgr.training.loss import token_losses
     from sidgr.training.sidgr_task import layout_for
 
-    model, *_ = build("shared_level", "all", 1, data_dir)
+    model, *_ = build("shared", "all", 1, data_dir)
     model.eval()
     batch, _ = real_batch(data_dir, 0, 1)
     tb = layout_for(batch, "all", model.arch, torch.device("cpu"))
@@ -150,8 +148,7 @@ def level_softmax_reference(data_dir: str) -> dict:
     for i, h in enumerate(tl.levels.tolist()):
         lo, size = model.arch.level_offsets[h], model.arch.codebook_sizes[h]
         ref[i] = -logits[i, lo:lo + size].log_softmax(-1)[labels[i] - lo]
-    model.level_softmax = False
-    return {"level": tl.losses, "reference": ref, "all_levels": token_losses(model, hidden, tb).losses}
+    return {"level": tl.losses, "reference": ref}
 
 
 @torch.no_grad()
