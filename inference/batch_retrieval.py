@@ -2,7 +2,8 @@
 
 Part files live in a work directory next to the output (`.<out name>.parts/`) that records the run's parameters;
 a rerun after a kill skips the finished parts, a rerun with other parameters starts over, and the parts are
-combined into the output atomically at the end, so the result equals one uninterrupted run.
+combined into the output atomically at the end, so the result equals one uninterrupted run. Under several
+processes (`inference/shards.py`) each rank writes the parts of its own batches and rank 0 combines them.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from sidgr.errors import InputError
 from sidgr.io import atomic_path, write_json
 
 from .engine import Engine
+from .shards import Shard
 
 FAIL_AFTER_ENV = "SIDGR_RETRIEVE_FAIL_AFTER"  # test hook: raise after writing this many new parts
 
@@ -36,21 +38,25 @@ class RetrievalParams:
     batch_size: int
 
 
-def retrieve_file(engine: Engine, engine_dir, sequences, out, params: RetrievalParams) -> int:
-    """Rank items for every user of `sequences` -> candidates parquet `out`; returns the number of users."""
+def retrieve_file(engine: Engine, engine_dir, sequences, out, params: RetrievalParams,
+                  shard: Shard = Shard()) -> int:
+    """Rank items for every user of `sequences` -> candidates parquet `out`; returns the number of users.
+    With several ranks every rank calls this; each decodes its own batches, rank 0 writes `out`."""
     source, out = Path(sequences), Path(out)
     total = open_parquet(source, ["user_id", "item_ids"]).metadata.num_rows
     for _ in iter_sequence_batches(source, num_items=engine.mapping.num_items, require_history=True):
-        pass  # a cheap validating pass, so bad input fails before any decoding
+        pass  # a cheap validating pass, so bad input fails before any decoding (on every rank alike)
     parts = out.with_name(f".{out.name}.parts")
-    prepare_parts_dir(parts, run_fingerprint(engine_dir, source, params))
+    if shard.rank == 0:
+        prepare_parts_dir(parts, run_fingerprint(engine_dir, source, params))
+    shard.barrier()
     fail_after, written = int(os.environ.get(FAIL_AFTER_ENV, "-1")), 0
     try:
         batches = iter_sequence_batches(source, params.batch_size)  # validated by the pass above
         for i, batch in enumerate(tqdm(batches, total=-(-total // params.batch_size), desc="retrieve",
-                                       unit="batch")):
+                                       unit="batch", disable=shard.rank > 0)):
             part = parts / f"part-{i:06d}.parquet"
-            if part.exists():
+            if not shard.owns(i) or part.exists():
                 continue
             histories = [torch.from_numpy(batch.items.row(u)) for u in range(batch.num_users)]
             ranked = engine.retrieve(histories, params.k, params.widths, params.exclude_history, params.exact)
@@ -58,11 +64,15 @@ def retrieve_file(engine: Engine, engine_dir, sequences, out, params: RetrievalP
             written += 1
             if written == fail_after:
                 raise RuntimeError(f"{FAIL_AFTER_ENV}={fail_after}: injected failure")
-        combine_parts(parts, out)
+        shard.barrier()
+        if shard.rank == 0:
+            combine_parts(parts, out)
     except InputError:
-        shutil.rmtree(parts, ignore_errors=True)
+        if shard.rank == 0:
+            shutil.rmtree(parts, ignore_errors=True)
         raise
-    shutil.rmtree(parts, ignore_errors=True)
+    if shard.rank == 0:
+        shutil.rmtree(parts, ignore_errors=True)
     return total
 
 

@@ -1,11 +1,13 @@
 """`sidgr retrieve`: sequences parquet -> top-K candidates parquet (user_id, item_ids, scores), best first.
 
 Resumable after a kill (see `inference/batch_retrieval.py`); the user's history is excluded unless
---include-history.
+--include-history. `--nproc N` shards the users over N processes (`inference/shards.py`); the output is the same.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 from sidgr.errors import input_error
 from sidgr.logs import get_logger
@@ -23,6 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exact", action="store_true", help="score every catalog item exactly instead of beam search")
     p.add_argument("--batch-size", type=int, default=64, help="users per batch")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="processes on this machine, users sharded by batch (runs itself under torchrun)")
 
 
 def parse_widths(args) -> int | list[int]:
@@ -41,7 +45,10 @@ def run(args) -> int:
     from .batch_retrieval import RetrievalParams, retrieve_file
     from .beam import beam_widths
     from .engine import Engine
+    from .shards import join_world, leave_world, torchrun_argv, under_torchrun
 
+    if args.nproc < 1:
+        raise input_error("--nproc", "nproc", args.nproc, "must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.batch_size < 1:
@@ -53,6 +60,15 @@ def run(args) -> int:
     if not args.exact and args.k > widths[-1]:
         raise input_error("--k", "k", args.k, f"larger than the final beam width {widths[-1]}")
     params = RetrievalParams(args.k, widths, not args.include_history, args.exact, args.batch_size)
-    users = retrieve_file(engine, args.engine, args.sequences, args.out, params)
+    if args.nproc > 1 and not under_torchrun():  # arguments checked here: a bad one is one line, not a banner
+        cmd = torchrun_argv(args.nproc, args.command_argv)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(cmd[0], cmd)
+    shard = join_world()
+    try:
+        users = retrieve_file(engine, args.engine, args.sequences, args.out, params, shard)
+    finally:
+        leave_world()
     get_logger("sidgr.retrieve").info(f"wrote {args.out} ({users} users, k={args.k})")
     return 0

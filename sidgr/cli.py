@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     parser, module = build_parser(command)
     args = parser.parse_args(rest)
+    args.command_argv = argv  # for commands that re-run themselves under torchrun
     try:
         return int(module.run(args) or 0)
     except InputError as err:

@@ -129,3 +129,32 @@ def test_exact_cli_equals_full_width_beam(setup):
     assert a.column("item_ids").to_pylist() == b.column("item_ids").to_pylist()
     assert torch.allclose(torch.tensor(a.column("scores").to_pylist()), torch.tensor(b.column("scores").to_pylist()),
                           atol=1e-5)
+
+
+@pytest.mark.dist
+def test_two_processes_write_the_same_output_and_resume(setup, monkeypatch):
+    """`--nproc 2` (torchrun, batches sharded by rank) == one process, also after one rank failed mid-way."""
+    import subprocess
+    import sys
+
+    tmp_path, _ = setup
+    assert retrieve(tmp_path, "one.parquet") == 0
+
+    def two(out, env=None):
+        cmd = [sys.executable, "-m", "sidgr.cli", "retrieve", "--engine", str(tmp_path / "engine"),
+               "--sequences", str(tmp_path / "test.parquet"), "--out", str(tmp_path / out), "--k", "7",
+               "--beam-widths", "4,16,32", "--batch-size", "5", "--nproc", "2"]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+
+    done = two("two.parquet")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "two.parquet").read_bytes() == (tmp_path / "one.parquet").read_bytes()
+    assert not (tmp_path / ".two.parquet.parts").exists()
+
+    import os
+    failed = two("resumed.parquet", {**os.environ, FAIL_AFTER_ENV: "1"})  # each rank fails after one part
+    assert failed.returncode != 0 and not (tmp_path / "resumed.parquet").exists()
+    parts = sorted(p.name for p in (tmp_path / ".resumed.parquet.parts").glob("part-*.parquet"))
+    assert parts == ["part-000000.parquet", "part-000001.parquet"]  # one per rank: batches 0 and 1
+    assert two("resumed.parquet").returncode == 0
+    assert (tmp_path / "resumed.parquet").read_bytes() == (tmp_path / "one.parquet").read_bytes()

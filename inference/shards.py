@@ -1,0 +1,62 @@
+"""Batch retrieval on several processes: users are sharded by batch index over the torchrun world.
+
+`sidgr retrieve --nproc N` re-executes itself under `torchrun --standalone` (a multi-node `torchrun ... -m
+sidgr.cli retrieve` works the same way, with the output on shared storage). Rank r decodes the batches
+i with i % world == r into the same part files a single process would write, so the merged output is
+identical to a one-process run. Only gloo barriers are used: no tensors cross processes.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Shard:
+    rank: int = 0
+    world: int = 1
+
+    def owns(self, batch_index: int) -> bool:
+        return batch_index % self.world == self.rank
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+def under_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ or "WORLD_SIZE" in os.environ
+
+
+def join_world() -> Shard:
+    """This process's shard: the torchrun world (gloo group; ranks may wait long for each other), or one process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Shard()
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=timedelta(hours=24))
+    return Shard(dist.get_rank(), dist.get_world_size())
+
+
+def leave_world() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def torchrun_argv(nproc: int, argv: list[str]) -> list[str]:
+    """The command that runs `sidgr <argv>` as `nproc` processes on this machine. `--nproc` itself is dropped:
+    torchrun's parser would take it for an abbreviation of its own --nproc-per-node."""
+    worker_argv, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            worker_argv.append(a)
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "sidgr.cli", *worker_argv]
