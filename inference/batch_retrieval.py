@@ -21,7 +21,7 @@ from tqdm import tqdm
 from sidgr.data.readers import Candidates, iter_sequence_batches, open_parquet, write_candidates
 from sidgr.data.schemas import CANDIDATES_SCHEMA
 from sidgr.errors import InputError
-from sidgr.io import atomic_path, write_json
+from sidgr.io import atomic_path, check_output, write_json
 
 from .engine import Engine
 from .shards import Shard
@@ -43,6 +43,7 @@ def retrieve_file(engine: Engine, engine_dir, sequences, out, params: RetrievalP
     """Rank items for every user of `sequences` -> candidates parquet `out`; returns the number of users.
     With several ranks every rank calls this; each decodes its own batches, rank 0 writes `out`."""
     source, out = Path(sequences), Path(out)
+    check_output(out, is_dir=False)
     total = open_parquet(source, ["user_id", "item_ids"]).metadata.num_rows
     for _ in iter_sequence_batches(source, num_items=engine.mapping.num_items, require_history=True):
         pass  # a cheap validating pass, so bad input fails before any decoding (on every rank alike)

@@ -17,9 +17,10 @@ import torch
 
 from sidgr.arch import ModelArch
 from sidgr.errors import input_error
+from sidgr.io import check_output
 from sidgr.sid.mapping import SIDMapping
 
-from .weights import expected_shapes, save_engine
+from .weights import expected_shapes, is_engine_dir, save_engine
 
 # Transformer Engine spec fuses the pre-attention / pre-MLP LayerNorm into the following linear.
 TE_RENAMES = {
@@ -136,6 +137,7 @@ def strip_vocab_padding(tensors: dict[str, torch.Tensor], arch: ModelArch, sourc
 
 def export_checkpoint(ckpt: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     ckpt = Path(ckpt)
+    check_output(Path(out_dir), is_dir=True, replaces=is_engine_dir)  # before the (slow) checkpoint read
     if not ckpt.is_dir():
         raise input_error(ckpt, "checkpoint", str(ckpt), "not a directory")
     arch = read_arch(ckpt)

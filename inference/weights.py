@@ -83,6 +83,11 @@ def check_engine_mapping(arch: ModelArch, mapping: SIDMapping, source) -> None:
                           f"engine arch has codebook_sizes {list(arch.codebook_sizes)}")
 
 
+def is_engine_dir(path: Path) -> bool:
+    """An engine directory written by `sidgr export` (the only kind of directory export may replace)."""
+    return (path / ENGINE_JSON).is_file()
+
+
 def save_engine(out_dir: str | os.PathLike, arch: ModelArch, state_dict: dict[str, torch.Tensor],
                 mapping: SIDMapping, source: str = "") -> Path:
     """Validate, then write the engine directory atomically (all files appear together or not at all)."""
@@ -90,7 +95,7 @@ def save_engine(out_dir: str | os.PathLike, arch: ModelArch, state_dict: dict[st
     state_dict = {k: v.detach().to(torch.float32).contiguous() for k, v in state_dict.items()}
     check_state_dict(arch, state_dict, f"export to {out_dir}")
     check_engine_mapping(arch, mapping, f"export to {out_dir}")
-    with atomic_path(out_dir, is_dir=True) as tmp:
+    with atomic_path(out_dir, is_dir=True, replaces=is_engine_dir) as tmp:
         save_file(state_dict, str(tmp / WEIGHTS_FILE))
         meta_path = mapping.save(tmp / MAPPING_STEM)
         info = {"arch": asdict(arch), "mapping": meta_path.name, "source": source}

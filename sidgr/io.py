@@ -1,4 +1,5 @@
-"""Atomic file and directory writes: a crash never leaves a half-written output behind."""
+"""Atomic file and directory writes: a crash never leaves a half-written output behind, and an output never
+replaces something the command did not write (a directory is replaced only when `replaces` recognises it)."""
 from __future__ import annotations
 
 import contextlib
@@ -7,18 +8,45 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
+
+from sidgr.errors import input_error
+
+
+def check_output(final: Path, is_dir: bool, replaces: Callable[[Path], bool] | None = None,
+                 field: str = "--out") -> None:
+    """Refuse an output path whose current content would be lost: a file where a directory goes (or the
+    reverse), or a non-empty directory that `replaces` does not recognise as this command's own output."""
+    if not final.exists():
+        return
+    if is_dir and not final.is_dir():
+        raise input_error(final, field, str(final), "exists and is not a directory; this command writes a directory")
+    if not is_dir and final.is_dir():
+        raise input_error(final, field, str(final), "is a directory; this command writes a file")
+    if is_dir and any(final.iterdir()) and not (replaces is not None and replaces(final)):
+        raise input_error(final, field, str(final), "exists and was not written by this command; "
+                                                    "choose a new path (nothing was changed)")
+
+
+def _make_sibling_tmp(final: Path) -> Path:
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    except OSError as err:
+        raise input_error(final, "output", str(final), f"cannot write there ({err.strerror})") from None
 
 
 @contextlib.contextmanager
-def atomic_path(final: str | os.PathLike, is_dir: bool = False) -> Iterator[Path]:
+def atomic_path(final: str | os.PathLike, is_dir: bool = False,
+                replaces: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """Yield a temporary sibling path; on success rename it onto `final`, on error delete it.
 
-    The temporary lives in the same directory so the rename is atomic on POSIX.
+    The temporary lives in the same directory so the rename is atomic on POSIX. An existing file is replaced;
+    an existing non-empty directory only when `replaces(final)` says it is this command's earlier output.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    check_output(final, is_dir, replaces)
+    tmp = _make_sibling_tmp(final)
     target = tmp if is_dir else tmp / final.name
     try:
         yield target

@@ -233,10 +233,11 @@ def test_failures_leave_nothing_in_out(tmp_path, monkeypatch):
     rc = sidgr_main(["tokenize", "--items", str(items), "--embeddings", str(tmp_path / "bad.npy"),
                      "--out", str(out), "--no-progress"])
     assert rc == 1 and not out.exists()
-    # a failure while writing: OUT keeps only what it held before
+    # a failure while writing over an earlier tokenize output: OUT keeps exactly what it held before
     existing = tmp_path / "existing"
     existing.mkdir()
     (existing / "keep.txt").write_text("x")
+    (existing / "sids.json").write_text("{}")
     np.save(tmp_path / "good.npy", clustered(50, d=4))
 
     def boom(*a, **k):
@@ -246,7 +247,8 @@ def test_failures_leave_nothing_in_out(tmp_path, monkeypatch):
     cfg = TokenizeConfig(codebook_sizes=[4, 4], progress=False)
     with pytest.raises(RuntimeError, match="disk full"):
         tokenize(items, existing, cfg, tmp_path / "good.npy")
-    assert [p.name for p in existing.iterdir()] == ["keep.txt"]
+    assert sorted(p.name for p in existing.iterdir()) == ["keep.txt", "sids.json"]
+    assert (existing / "sids.json").read_text() == "{}"
 
 
 # ---- real data ------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from sidgr.errors import input_error
-from sidgr.io import write_json, atomic_path
+from sidgr.io import atomic_path, check_output, write_json
 from sidgr.sid.mapping import SIDMapping
 from sidgr.tokenize.dedup import add_dedup_level
 from sidgr.tokenize.embed import EmbedConfig, Encoder, embed_texts, load_embedding_file
@@ -107,10 +107,16 @@ def build_mapping(quantized: Quantized, cfg: TokenizeConfig, embedding_model: st
     return mapping.validate(require_unique=cfg.dedup)
 
 
+def is_tokenize_dir(path: Path) -> bool:
+    """A directory an earlier `sidgr tokenize` wrote (the only kind of non-empty --out it writes into)."""
+    return (path / "sids.json").is_file()
+
+
 @contextlib.contextmanager
 def staged_outputs(out: Path):
     """Yield a staging folder inside `out`; on success move its files into `out`, on failure drop them (and
     `out` itself when it did not exist before)."""
+    check_output(out, is_dir=True, replaces=is_tokenize_dir)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tokenize.", suffix=".tmp", dir=out))
@@ -146,6 +152,7 @@ def write_outputs(out: Path, x: np.ndarray, quantized: Quantized, mapping: SIDMa
 def tokenize(items: str | os.PathLike, out: str | os.PathLike, cfg: TokenizeConfig,
              embeddings: str | os.PathLike | None = None, encoder: Encoder | None = None) -> dict:
     """The whole `sidgr tokenize` run; returns the diagnostics report."""
+    check_output(Path(out), is_dir=True, replaces=is_tokenize_dir)  # before the (slow) embedding
     t0 = time.perf_counter()
     x, model_name, embed_stats = item_embeddings(items, embeddings, cfg, encoder)
     t1 = time.perf_counter()
