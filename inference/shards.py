@@ -14,6 +14,8 @@ from datetime import timedelta
 
 import torch.distributed as dist
 
+from sidgr.process import die_with_parent
+
 
 @dataclass(frozen=True)
 class Shard:
@@ -37,6 +39,7 @@ def join_world() -> Shard:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Shard()
+    die_with_parent()  # a killed launcher never leaves a rank decoding on its own
     if not dist.is_initialized():
         dist.init_process_group("gloo", timeout=timedelta(hours=24))
     return Shard(dist.get_rank(), dist.get_world_size())

@@ -110,3 +110,23 @@ def test_tp2_checkpoint_resumes_at_tp1(tmp_path, data):
     for key, value in tp2_final.items():
         if not key.startswith("optimizer."):
             torch.testing.assert_close(tp1_final[key], value, atol=1e-4, rtol=0, msg=key)
+
+
+def test_fresh_run_over_an_earlier_run_is_refused_and_changes_nothing(straight_then_resumed, data):
+    run = straight_then_resumed[0]
+    before = (run / "metrics.jsonl").read_bytes(), sorted(p.name for p in (run / "checkpoints").iterdir())
+    proc = train(1, run, data, *DIST_OPT, check=False)
+    assert proc.returncode != 0
+    line = [x for x in proc.stderr.splitlines() if "sidgr train: error" in x]
+    assert line and "holds an earlier run" in line[0] and "--resume" in line[0], proc.stderr[-2000:]
+    assert ((run / "metrics.jsonl").read_bytes(), sorted(p.name for p in (run / "checkpoints").iterdir())) == before
+
+
+def test_resume_of_a_finished_run_says_so_and_adds_nothing(straight_then_resumed, data):
+    run = straight_then_resumed[0]
+    before = (run / "metrics.jsonl").read_bytes()
+    proc = train(1, run, data, *DIST_OPT, "TrainerConfig.save_interval=2", resume=True)
+    assert "finished at step 6" in proc.stderr
+    assert (run / "metrics.jsonl").read_bytes() == before
+    for line in before.decode().splitlines():  # strict JSON: no NaN or Infinity tokens
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c} in metrics.jsonl"))

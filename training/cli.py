@@ -29,8 +29,12 @@ def run(args: argparse.Namespace) -> int:
         raise input_error(args.config, "--config", args.config, "gin file does not exist")
     # Check the config and the data in this process first: a bad input is one line, not a torchrun traceback.
     from sidgr.training.config import load_configs
+    from sidgr.training.run_dir import check_start, take_lock
     from sidgr.training.task import preflight
-    preflight(load_configs(args.config, args.overrides))
+    cfgs = load_configs(args.config, args.overrides)
+    preflight(cfgs)
+    check_start(cfgs["trainer"].run_dir, args.resume)
+    take_lock(cfgs["trainer"].run_dir)  # this pid becomes torchrun's: the lock holds while the job runs
     os.environ.setdefault("WANDB_MODE", "offline")
     cmd = torchrun_command(args)
     sys.stdout.flush()

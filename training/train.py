@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -52,6 +53,12 @@ def run(cfgs: dict, resume: bool) -> dict:
     from sidgr.training.task import preflight
 
     mapping, task, arch = preflight(cfgs)  # before anything heavy starts
+    from sidgr.process import die_with_parent
+    from sidgr.training.run_dir import check_start
+
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        die_with_parent()  # a killed launcher never leaves this worker training on its own
+    check_start(tcfg.run_dir, resume)
 
     from tqdm import tqdm
 
@@ -82,6 +89,10 @@ def run(cfgs: dict, resume: bool) -> dict:
             train_loader.load_state_dict(state["loader"])
             if state["rng"] is not None:
                 set_rng_state(state["rng"])
+            if step >= tcfg.train_steps:
+                log.info(f"{run_dir}: the run finished at step {step} (train_steps={tcfg.train_steps}): "
+                         f"nothing to do")
+                return {}
         rank0 = info.is_rank0
         log.info(f"world={info.world_size} TP={info.tp_size} DP={info.dp_size} "
                  f"params/rank={sum(p.numel() for p in model.parameters()):,} users={train_loader.num_users} "

@@ -20,7 +20,8 @@ from sidgr.experiments.pipeline import (Plan, Runner, beam_vs_exact, item_baseli
 def make_plan(args) -> Plan:
     where = dict(out=Path(args.out), data=Path(args.data), nproc=args.nproc, dataset=DATASETS[args.dataset])
     if args.quick:
-        return Plan(**where, quick=True, steps=20, eval_interval=20, beam_width=64, bootstrap=200, beam_sweep=(64,))
+        return Plan(**where, quick=True, steps=20, eval_interval=20, beam_width=64, bootstrap=200,
+                    beam_sweep=(256,))  # a 20-step model is flat: W=64 finds the exact top-10 for only ~84% of users
     steps = args.steps if args.steps is not None else (400 if args.dataset == "ml100k" else None)
     return Plan(**where, quick=False, steps=steps, eval_interval=steps // 4 if steps else None,
                 beam_width=args.beam_width)
