@@ -40,9 +40,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--beam-width", type=int, default=256, help="beam width for SID-GR retrieval")
     p.add_argument("--data", default="artifacts/ml100k", help="where the prepared files and SIDs go")
     p.add_argument("--max-users", type=int, default=None, help="prepare only the first N users (a small slice)")
+    p.add_argument("--sids", default=None,
+                   help="comma-separated SID-GR rows to train (default: every SIDs of the dataset), e.g. collab")
     args = p.parse_args(argv)
-    if DATASETS[args.dataset].source_required and not args.source:
+    spec = DATASETS[args.dataset]
+    if spec.source_required and not args.source:
         p.error(f"--dataset {args.dataset} needs --source DIR (see the README's benchmark data section)")
+    known = [*spec.text_sids, *spec.collab_sids]
+    args.sids = args.sids.split(",") if args.sids else known
+    if not args.sids or set(args.sids) - set(known):
+        p.error(f"--sids {','.join(args.sids)}: expected some of {','.join(known)}")
     return args
 
 
@@ -76,18 +83,19 @@ def collaborative_sids(run: Runner, plan: Plan, sasrec_checkpoint: Path) -> dict
     return mappings
 
 
-def stage_count(plan: Plan) -> int:
-    sids = len(plan.dataset.text_sids) + len(plan.dataset.collab_sids)
+def stage_count(plan: Plan, trained: list[str]) -> int:
+    tokenized = len(plan.dataset.text_sids) + len(plan.dataset.collab_sids)
     ckpts = max(plan.steps // plan.eval_interval, 1) if plan.steps else 8
     sweep = sum(w >= plan.k for w in plan.beam_sweep)
-    return 1 + 2 * sids + len(plan.dataset.collab_sids) + 2 + 2 * 3 + sids * (3 + 3 * ckpts) + 2 + 2 * sweep + 3
+    return (1 + 2 * tokenized + len(plan.dataset.collab_sids) + 2 + 2 * 3 + len(trained) * (3 + 3 * ckpts) + 2
+            + 2 * sweep + 3)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     plan = make_plan(args)
     plan.out.mkdir(parents=True, exist_ok=True)
-    run = Runner(plan, stage_count(plan))
+    run = Runner(plan, stage_count(plan, args.sids))
     t_start = time.perf_counter()
     mappings = prepare_and_tokenize(run, plan, args)
     spec = plan.dataset
@@ -99,10 +107,11 @@ def main(argv=None) -> int:
         rows[name], selection[name] = item_baseline(run, plan, name, spec.config(family), primary)
     mappings.update(collaborative_sids(run, plan, rows["sasrec_ce"] / "checkpoints" /
                                        selection["sasrec_ce"]["selected"]))
-    for method, mapping in mappings.items():
-        rows[f"sid-gr ({method})"], selection[f"sidgr_{method}"] = sid_gr(run, plan, method, mapping)
+    for method in args.sids:
+        rows[f"sid-gr ({method})"], selection[f"sidgr_{method}"] = sid_gr(run, plan, method, mappings[method])
 
-    beam = beam_vs_exact(run, plan, Path(selection[f"sidgr_{spec.primary}"]["engine"]), spec.primary)
+    swept = spec.primary if spec.primary in args.sids else args.sids[0]
+    beam = beam_vs_exact(run, plan, Path(selection[f"sidgr_{swept}"]["engine"]), swept)
     table_runs = sum((["--run", f"{n}={d / 'test'}"] for n, d in rows.items()), [])
     run("table", sidgr("report", "table", *table_runs, "--paired-baseline", "sasrec_ce", "--out", plan.out))
     logs = {n: d / "curves.jsonl" if (d / "curves.jsonl").exists() else d / "metrics.jsonl" for n, d in rows.items()}
@@ -111,7 +120,7 @@ def main(argv=None) -> int:
                              "--out", plan.out))
     run.bar.close()
 
-    summary = {"dataset": spec.name, "note": spec.note, "quick": plan.quick,
+    summary = {"dataset": spec.name, "note": spec.note, "quick": plan.quick, "sid_gr_rows": args.sids,
                "wall_seconds": time.perf_counter() - t_start, "selection": selection, "beam_vs_exact": beam,
                "stage_seconds": run.timings, "commands": run.commands}
     (plan.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -38,7 +38,11 @@ class Plan:
 
     def valid_path(self) -> Path:
         """The validation users SID-GR checkpoints are scored on (a seeded sample on big datasets)."""
-        return valid_sample(self.data, self.dataset.valid_users)
+        return split_sample(self.data, "valid", self.dataset.valid_users)
+
+    def sweep_path(self) -> Path:
+        """The test users of the beam-vs-exact sweep (a seeded sample on big datasets)."""
+        return split_sample(self.data, "test", self.dataset.sweep_users)
 
 
 class Runner:
@@ -87,17 +91,17 @@ def train_overrides(plan: Plan, run_dir: Path, mapping: Path) -> list[str]:
     return out
 
 
-def valid_sample(data: Path, users: int, seed: int = 0) -> Path:
-    """valid.parquet, or a seeded sample of `users` of its rows (written once, beside it)."""
+def split_sample(data: Path, split: str, users: int, seed: int = 0) -> Path:
+    """SPLIT.parquet, or a seeded sample of `users` of its rows (written once, beside it)."""
     import numpy as np
     import pyarrow.parquet as pq
 
     from sidgr.data.sequences import write_table_atomic
 
-    full = data / "valid.parquet"
+    full = data / f"{split}.parquet"
     if not users or pq.read_metadata(full).num_rows <= users:
         return full
-    out = data / f"valid_sample{users}_seed{seed}.parquet"
+    out = data / f"{split}_sample{users}_seed{seed}.parquet"
     if not out.exists():
         table = pq.read_table(full)
         rows = np.sort(np.random.default_rng(seed).choice(table.num_rows, users, replace=False))
@@ -203,10 +207,11 @@ def beam_vs_exact(run: Runner, plan: Plan, engine: Path, method: str) -> dict:
     import pyarrow.parquet as pq
 
     sweep = plan.out / "beam_sweep"
+    users = plan.sweep_path()
     exact = sweep / "exact.parquet"
-    run("retrieve_test_exact", sidgr("retrieve", "--engine", engine, "--sequences", plan.data / "test.parquet",
+    run("retrieve_test_exact", sidgr("retrieve", "--engine", engine, "--sequences", users,
                                      "--out", exact, "--k", plan.k, "--exact"))
-    evaluate(run, plan, "eval_test_exact", exact, "test", sweep / "eval_exact", plan.bootstrap)
+    evaluate(run, plan, "eval_test_exact", exact, users, sweep / "eval_exact", plan.bootstrap)
     exact_table = pq.read_table(exact).to_pydict()
     top_exact = {u: items[:10] for u, items in zip(exact_table["user_id"], exact_table["item_ids"])}
     agreement = {}
@@ -214,14 +219,13 @@ def beam_vs_exact(run: Runner, plan: Plan, engine: Path, method: str) -> dict:
         if width < plan.k:
             continue
         cands = sweep / f"beam_{width}.parquet"
-        run(f"retrieve_test_w{width}", sidgr("retrieve", "--engine", engine, "--sequences",
-                                             plan.data / "test.parquet", "--out", cands, "--k", plan.k,
-                                             "--beam-width", width))
-        evaluate(run, plan, f"eval_test_w{width}", cands, "test", sweep / f"eval_w{width}", plan.bootstrap)
+        run(f"retrieve_test_w{width}", sidgr("retrieve", "--engine", engine, "--sequences", users,
+                                             "--out", cands, "--k", plan.k, "--beam-width", width))
+        evaluate(run, plan, f"eval_test_w{width}", cands, users, sweep / f"eval_w{width}", plan.bootstrap)
         table = pq.read_table(cands).to_pydict()
         same = [top_exact[u] == items[:10] for u, items in zip(table["user_id"], table["item_ids"])]
         agreement[width] = sum(same) / len(same)
     run("plot_beam", sidgr("report", "beam", "--exact", sweep / "eval_exact",
                            *sum((["--beam", f"{w}={sweep / f'eval_w{w}'}"] for w in agreement), []),
                            "--out", plan.out))
-    return {"tokenizer": method, "top10_equal_to_exact": agreement}
+    return {"tokenizer": method, "users": str(users), "top10_equal_to_exact": agreement}
