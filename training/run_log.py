@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -9,8 +10,15 @@ import torch
 from sidgr.io import atomic_path
 
 
+def strict_json(record: dict) -> str:
+    """One JSON line that strict parsers accept: a non-finite number (no throughput yet, no grad norm) is null."""
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+    return json.dumps(clean, allow_nan=False)
+
+
 class MetricsLog:
-    """RUN_DIR/metrics.jsonl, rewritten atomically; on resume keeps the records up to the resumed step."""
+    """RUN_DIR/metrics.jsonl (strict JSON lines), rewritten atomically; on resume keeps the records up to the
+    resumed step."""
 
     def __init__(self, run_dir: Path, start_step: int, enabled: bool):
         self.path = run_dir / "metrics.jsonl"
@@ -27,7 +35,7 @@ class MetricsLog:
     def flush(self) -> None:
         if self.enabled:
             with atomic_path(self.path) as tmp:
-                tmp.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+                tmp.write_text("".join(strict_json(r) + "\n" for r in self.records))
 
 
 class Throughput:
