@@ -1,5 +1,8 @@
-"""`sidgr prepare {ml100k,beauty,ml1m} --out DIR [--source DIR] [--max-users N]`: items + users + leave-one-out
-sequences parquet, and stats.json, written all or nothing.
+"""`sidgr prepare {ml100k,beauty,ml1m,interactions} --out DIR [--source DIR|FILE] [--max-users N]`: items + users +
+leave-one-out sequences parquet, and stats.json, written all or nothing.
+
+`interactions` is your own data: --source is an interactions file, --items an optional items file with text
+(see `sidgr/data/interactions.py` for the formats).
 
 ml100k reads the recbole wheel's RecBole files unless --source is given; beauty (Amazon Beauty 2014 5-core,
 the TIGER/LETTER split) and ml1m (MovieLens-1M) have no default source, so --source is required for them.
@@ -12,11 +15,12 @@ import importlib
 
 from sidgr.errors import input_error
 
-DATASETS = ("ml100k", "beauty", "ml1m")
+DATASETS = ("ml100k", "beauty", "ml1m", "interactions")
 SOURCES = {
     "ml100k": "ml-100k.inter and ml-100k.item (default: the recbole wheel's dataset_example/ml-100k)",
     "beauty": "Beauty.inter.json, datamaps.json and beauty_item_attributes.json, each may be .xz",
     "ml1m": "ratings.dat, movies.dat and users.dat, each may be .xz",
+    "interactions": "the interactions FILE itself (.csv, .tsv, .inter, .parquet)",
 }
 DEFAULT_SOURCE = ("ml100k",)  # the others need --source
 
@@ -29,6 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             f"{d}{'' if d in DEFAULT_SOURCE else ' (required)'}: {h}" for d, h in SOURCES.items()))
     parser.add_argument("--max-users", type=_positive_int, default=None, metavar="N",
                         help="keep only the first N users (in the source's user order) and their interactions")
+    own = parser.add_argument_group("interactions (your own data)")
+    own.add_argument("--user-col", default="user_id", help="user id column of the interactions file")
+    own.add_argument("--item-col", default="item_id", help="item id column (of the interactions and items files)")
+    own.add_argument("--time-col", default="timestamp", help="time column; 'none': the file order is the time order")
+    own.add_argument("--items", default=None, help="items file with text (.csv, .tsv, .item, .parquet)")
+    own.add_argument("--text-cols", default="", help="comma-separated columns of --items joined into the item text")
 
 
 def _positive_int(text: str) -> int:
@@ -42,7 +52,12 @@ def run(args: argparse.Namespace) -> int:
         raise input_error("--source", "source", None,
                           f"required for {args.dataset}: the directory holding {SOURCES[args.dataset]}")
     module = importlib.import_module(f"sidgr.data.{args.dataset}")
-    stats = module.prepare(args.out, args.source, max_users=args.max_users)
+    if args.dataset == "interactions":
+        cols = module.Columns(args.user_col, args.item_col, None if args.time_col.lower() == "none" else args.time_col,
+                              tuple(c for c in args.text_cols.split(",") if c))
+        stats = module.prepare(args.out, args.source, cols, args.items, max_users=args.max_users)
+    else:
+        stats = module.prepare(args.out, args.source, max_users=args.max_users)
     print(f"{args.dataset}: {stats['users']:,} users, {stats['items']:,} items, "
           f"{stats['interactions']:,} interactions{_notes(stats)}")
     print(f"splits: train {stats['train_rows']:,} rows / {stats['train_interactions']:,} interactions, "
