@@ -36,6 +36,15 @@ def _make_sibling_tmp(final: Path) -> Path:
         raise input_error(final, "output", str(final), f"cannot write there ({err.strerror})") from None
 
 
+def _readable_by_others(folder: Path) -> None:
+    """Directories 0777 and files 0666 less the umask, as `mkdir` and `open` give (mkdtemp and some writers,
+    safetensors among them, make owner-only files)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [folder, *folder.rglob("*")]:
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike, is_dir: bool = False,
                 replaces: Callable[[Path], bool] | None = None) -> Iterator[Path]:
@@ -51,6 +60,7 @@ def atomic_path(final: str | os.PathLike, is_dir: bool = False,
     try:
         yield target
         if is_dir:
+            _readable_by_others(tmp)
             old = None
             if final.exists():
                 old = final.with_name(f".{final.name}.old")

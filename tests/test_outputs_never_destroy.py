@@ -90,3 +90,19 @@ def test_file_output_onto_a_directory_is_one_line_error(tmp_path, engine, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is a directory" in err[0], err
     assert snapshot(out) == before
+
+
+def test_an_engine_directory_has_the_usual_permissions(tmp_path, engine):
+    import os
+    import stat
+    umask = os.umask(0o022)
+    try:
+        assert main(export_args(engine, tmp_path / "unused")) == 1  # not a checkpoint: the path is only checked
+        from sidgr.inference.weights import load_engine, save_engine
+        files = load_engine(engine)
+        save_engine(tmp_path / "copy", files.arch, files.state_dict, files.mapping)
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "copy").stat().st_mode) == 0o755
+    for f in (tmp_path / "copy").iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
