@@ -84,3 +84,14 @@ def test_resume_ignores_temporaries_and_incomplete_checkpoints(tmp_path):
     assert latest_checkpoint(tmp_path).name == "iter_0000008"
     _remove_stale_temporaries(root)
     assert sorted(p.name for p in root.iterdir()) == ["iter_0000004", "iter_0000008", "iter_0000012"]
+
+
+def test_print_config_shows_every_effective_value_and_starts_nothing(tmp_path, capsys):
+    from sidgr.cli import main
+
+    rc = main(["train", "--config", "configs/ml100k.gin", "--print-config", "TrainerConfig.train_steps=7",
+               f"TrainerConfig.run_dir='{tmp_path / 'run'}'", "DataConfig.train_path='/nonexistent.parquet'"])
+    out = capsys.readouterr().out
+    assert rc == 0 and not (tmp_path / "run").exists()  # no data check, no run dir, no torchrun
+    assert "TrainerConfig.train_steps = 7" in out and "ModelConfig.hidden_size = 128" in out
+    assert "OptimizerConfig.lr = " in out and "DataConfig.train_path = '/nonexistent.parquet'" in out

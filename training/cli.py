@@ -13,6 +13,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nproc", type=int, default=1, help="processes on this machine (TP x DP)")
     parser.add_argument("--config", required=True, help="gin file, e.g. configs/ml100k.gin")
     parser.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the effective gin config (file + overrides, every value) and exit")
     parser.add_argument("overrides", nargs="*", help="gin bindings, e.g. TrainerConfig.train_steps=10")
 
 
@@ -32,6 +34,9 @@ def run(args: argparse.Namespace) -> int:
     from sidgr.training.run_dir import check_start, take_lock
     from sidgr.training.task import preflight
     cfgs = load_configs(args.config, args.overrides)
+    if args.print_config:
+        print(cfgs["config_str"], end="")
+        return 0
     preflight(cfgs)
     check_start(cfgs["trainer"].run_dir, args.resume)
     take_lock(cfgs["trainer"].run_dir)  # this pid becomes torchrun's: the lock holds while the job runs
