@@ -95,3 +95,22 @@ def test_print_config_shows_every_effective_value_and_starts_nothing(tmp_path, c
     assert rc == 0 and not (tmp_path / "run").exists()  # no data check, no run dir, no torchrun
     assert "TrainerConfig.train_steps = 7" in out and "ModelConfig.hidden_size = 128" in out
     assert "OptimizerConfig.lr = " in out and "DataConfig.train_path = '/nonexistent.parquet'" in out
+
+
+@pytest.mark.parametrize("binding, message", [
+    ("TrainerConfig.run_dir=runs/x", "a string needs quotes: TrainerConfig.run_dir='runs/x'"),
+    ("ModelConfig.hidden_size='abc'", "ModelConfig.hidden_size='abc': expected an integer"),
+    ("ModelConfig.hidden_size=True", "ModelConfig.hidden_size=True: expected an integer"),
+    ("OptimizerConfig.lr='fast'", "OptimizerConfig.lr='fast': expected a number"),
+    ("ModelConfig.head_mode='shard'", "ModelConfig.head_mode='shard': expected one of 'shared', 'per_level'"),
+    ("DataConfig.shuffle=1", "DataConfig.shuffle=1: expected True or False"),
+    ("TrainerConfig.run_dir=3", "TrainerConfig.run_dir=3: expected a quoted string"),
+])
+def test_wrong_value_types_are_one_line_errors_before_anything_starts(tmp_path, capsys, binding, message):
+    from sidgr.cli import main
+
+    assert main(["train", "--config", "configs/ml100k.gin", f"TrainerConfig.run_dir='{tmp_path / 'run'}'",
+                 binding]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "run").exists()

@@ -6,6 +6,9 @@ so no binding can be silently ignored.
 """
 from __future__ import annotations
 
+import ast
+import dataclasses
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -92,6 +95,7 @@ def parse_config(config_file: str | None, bindings: list[str] | tuple = ()) -> N
     from sidgr.training import loader  # noqa: F401  registers DataConfig
 
     source = config_file or "<bindings>"
+    check_override_values(source, bindings)
     gin.clear_config()
     try:
         gin.parse_config_files_and_bindings([config_file] if config_file else [], list(bindings))
@@ -105,6 +109,47 @@ def parse_config(config_file: str | None, bindings: list[str] | tuple = ()) -> N
                               f"never used by the trainer (it builds only {', '.join(BUILT_CONFIGURABLES)})")
 
 
+def check_override_values(source: str, bindings) -> None:
+    """Each override's value must be a Python literal (or a gin @reference / %macro): an unquoted string is the
+    usual mistake, answered with the quoted form."""
+    for binding in bindings:
+        name, sep, value = binding.partition("=")
+        value = value.strip()
+        if not sep or value.startswith(("@", "%")):
+            continue  # gin reports these itself
+        try:
+            ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise input_error(source, "gin", binding, f"the value is not a Python literal; a string needs "
+                                                      f"quotes: {name.strip()}='{value}'") from None
+
+
+def _expected(annotation, value) -> str | None:
+    """None when `value` fits the field's annotation, else what was expected."""
+    if typing.get_origin(annotation) is Literal:
+        options = typing.get_args(annotation)
+        return None if value in options else "one of " + ", ".join(repr(o) for o in options)
+    checks = {bool: (lambda v: isinstance(v, bool), "True or False"),
+              int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+              float: (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+              str: (lambda v: isinstance(v, str), "a quoted string"),
+              tuple: (lambda v: isinstance(v, (tuple, list)), "a tuple like (64, 64, 64)")}
+    if annotation not in checks:
+        return None
+    ok, expected = checks[annotation]
+    return None if ok(value) else expected
+
+
+def check_types(cfg, source: str) -> None:
+    """Every field of a config dataclass holds a value of its annotated type (one line naming the binding)."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        expected = _expected(hints[f.name], value)
+        if expected is not None:
+            raise input_error(source, f"{type(cfg).__name__}.{f.name}", value, f"expected {expected}")
+
+
 def load_configs(config_file: str, overrides) -> dict:
     """Parse a gin file plus overrides -> {trainer, model, optim, parallel, data, config_str (operative gin)}."""
     from sidgr.training.loader_config import DataConfig
@@ -114,5 +159,7 @@ def load_configs(config_file: str, overrides) -> dict:
     parse_config(config_file, overrides)
     cfgs = dict(trainer=TrainerConfig(), model=ModelConfig(), optim=OptimizerConfig(), parallel=ParallelConfig(),
                 data=DataConfig())
+    for cfg in cfgs.values():
+        check_types(cfg, config_file)
     cfgs["config_str"] = gin.operative_config_str()
     return cfgs
