@@ -290,3 +290,27 @@ def test_ml100k_real_texts_end_to_end(tmp_path):
     again = tokenize(tmp_path / "items.parquet", tmp_path / "out2", cfg)
     assert again["embedding"]["embedded"] == 0
     assert torch.equal(SIDMapping.load(tmp_path / "out2" / "sids.json").codes, m.codes)
+
+
+def test_collapsed_codes_are_warned_about_healthy_ones_are_not(tmp_path, capsys):
+    import json
+
+    items = write_items(tmp_path / "items.parquet", 200)
+    rng = np.random.default_rng(0)
+    collapsed = np.repeat(rng.normal(size=(4, 8)), 50, axis=0).astype(np.float32)  # 4 distinct vectors x 50
+
+    np.save(tmp_path / "collapsed.npy", collapsed)
+    np.save(tmp_path / "healthy.npy", rng.normal(size=(200, 8)).astype(np.float32))
+    runs = {}
+    for name, method, sizes in (("collapsed", "rqkmeans", "64,64"), ("healthy", "balanced", "16,16")):
+        rc = sidgr_main(["tokenize", "--items", str(items), "--embeddings", str(tmp_path / f"{name}.npy"),
+                         "--method", method, "--codebook-sizes", sizes, "--out", str(tmp_path / name),
+                         "--no-progress"])
+        assert rc == 0
+        runs[name] = (json.loads((tmp_path / name / "diagnostics.json").read_text()), capsys.readouterr().err)
+    report, err = runs["collapsed"]
+    assert report["before_dedup"]["collision_rate"] > 0.9 and len(report["warnings"]) == 2
+    assert "barely separate items" in err and "carry no meaning" in err
+    assert "**Warning:**" in (tmp_path / "collapsed" / "diagnostics.md").read_text()
+    report, err = runs["healthy"]
+    assert report["warnings"] == [] and "warning" not in err

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from sidgr.errors import input_error
@@ -102,3 +103,5 @@ def _print_summary(args, report: dict) -> None:
     print(f"before dedup: {before['unique_sids']} unique SIDs, collision rate {before['collision_rate']:.4f}, "
           f"largest bucket {before['largest_bucket']}; reconstruction rel. MSE "
           f"{report['reconstruction'][-1]['relative_mse']:.4f}")
+    for warning in report.get("warnings", []):
+        print(f"sidgr tokenize: warning: {warning}", file=sys.stderr)

@@ -50,7 +50,29 @@ def build_report(x: np.ndarray, quantized: Quantized, final_codes: np.ndarray, f
         "before_dedup": counts_before,
         "after_dedup": collision_stats(final_codes),
         "reconstruction": reconstruction_errors(x, quantized),
-    }
+    } | {"warnings": collapse_warnings(counts_before, final_sizes[:quantized.codes.shape[0]])}
+
+
+COLLIDING_WARN = 0.25  # share of items whose semantic SID is shared before the dedup level
+BUCKET_WARN = 32  # items behind one semantic SID
+
+
+def collapse_warnings(before: dict, semantic_sizes: list[int]) -> list[str]:
+    """What a user must hear even when every level's perplexity looks healthy: the semantic levels do not tell
+    items apart (codes collapsed onto few full SIDs) -- judged against the collisions that N items spread
+    uniformly over the prod(K_h) semantic SIDs would have, 1 - exp(-(N - 1) / prod(K_h))."""
+    out = []
+    cells = float(np.prod(np.asarray(semantic_sizes, dtype=np.float64)))
+    by_chance = 1.0 - np.exp(-(before["num_items"] - 1) / cells)
+    if before["collision_rate"] > max(COLLIDING_WARN, 2 * by_chance):
+        out.append(f"{before['collision_rate']:.0%} of items share their semantic SID with another item before "
+                   f"the de-duplication level ({by_chance:.0%} would by chance): the codes barely separate items. "
+                   f"Try other embeddings (e.g. "
+                   f"collaborative ones, `sidgr export-embeddings`), balanced RQ-KMeans, or more or larger levels.")
+    if before["largest_bucket"] > BUCKET_WARN:
+        out.append(f"{before['largest_bucket']} items sit behind one semantic SID: their de-duplication codes "
+                   f"carry no meaning, so the model must guess among them.")
+    return out
 
 
 def report_markdown(report: dict) -> str:
@@ -69,6 +91,8 @@ def report_markdown(report: dict) -> str:
     for h, lv in enumerate(report["levels"]):
         lines.append(f"| {h} | {lv['codebook_size']} | {lv['used']} | {lv['utilization']:.3f} | "
                      f"{lv['perplexity']:.2f} | {lv['min_count']} | {lv['max_count']} |")
+    if report.get("warnings"):
+        lines += ["", *(f"> **Warning:** {w}" for w in report["warnings"])]
     lines += ["", "| levels used | relative MSE | unexplained variance |", "|---|---|---|"]
     for r in report["reconstruction"]:
         lines.append(f"| {r['levels']} | {r['relative_mse']:.4f} | {r['unexplained_variance']:.4f} |")
