@@ -1,5 +1,5 @@
-"""`sidgr train` (the launcher, which becomes the torchrun agent): killing it kills every worker, and a second
-launcher on the same run dir is refused while the first is alive."""
+"""`sidgr train` (the launcher, parent of torchrun): killing it kills torchrun and every worker, a second launcher on
+the same run dir is refused while the first is alive, and a worker's error is the last line the user sees."""
 import os
 import signal
 import subprocess
@@ -15,11 +15,11 @@ from train_fixtures import data_overrides, write_dataset
 pytestmark = [pytest.mark.dist, pytest.mark.slow]
 
 
-def children(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
     out = []
     for task in Path(f"/proc/{pid}/task").iterdir():
-        kids = (task / "children").read_text().split()
-        out += [int(k) for k in kids]
+        for kid in map(int, (task / "children").read_text().split()):
+            out += [kid, *descendants(kid)]
     return out
 
 
@@ -48,8 +48,8 @@ def test_kill9_of_the_launcher_leaves_no_worker_and_a_lock_blocks_a_second_write
             assert first.poll() is None, first.communicate()[1][-2000:]
             assert time.time() < deadline, "the run never started"
             time.sleep(0.5)
-        workers = children(first.pid)
-        assert len(workers) == 2
+        workers = descendants(first.pid)  # torchrun and its two workers
+        assert len(workers) >= 3, workers
         second = subprocess.run([sys.executable, "-m", "sidgr.cli", "train", "--nproc", "1", "--config",
                                  "configs/tiny_ci.gin", "--resume", f'TrainerConfig.run_dir="{run}"',
                                  *data_overrides(paths)], capture_output=True, text=True, env=worker_env(),
@@ -62,4 +62,18 @@ def test_kill9_of_the_launcher_leaves_no_worker_and_a_lock_blocks_a_second_write
     deadline = time.time() + 20
     while any(alive(w) for w in workers) and time.time() < deadline:
         time.sleep(0.2)
-    assert not any(alive(w) for w in workers), "a worker outlived its launcher"
+    survivors = {w: Path(f"/proc/{w}/cmdline").read_bytes().replace(b"\0", b" ")[:200] for w in workers if alive(w)}
+    assert not survivors, f"outlived their launcher: {survivors}"
+
+
+def test_a_workers_error_is_printed_last_below_torchruns_banner(tmp_path):
+    """What only the workers can see (here: a training file that is not parquet) ends the launcher's output."""
+    paths = write_dataset(tmp_path / "data")
+    (tmp_path / "bad.parquet").write_text("not parquet")
+    proc = subprocess.run([sys.executable, "-m", "sidgr.cli", "train", "--nproc", "2", "--config",
+                           "configs/tiny_ci.gin", f'TrainerConfig.run_dir="{tmp_path / "run"}"',
+                           *data_overrides(paths), f'DataConfig.valid_path="{tmp_path / "bad.parquet"}"'],
+                          capture_output=True, text=True, env=worker_env(), timeout=240)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("sidgr train: error:") and "bad.parquet" in last, proc.stderr[-3000:]

@@ -167,9 +167,35 @@ def check_optimizer_layout(ckpt: Path, trainer: dict, optimizer) -> None:
 
 
 # ---- save / load ---------------------------------------------------------------------------------------------
+def is_checkpoint(path: Path) -> bool:
+    return (path / TRAINER_STATE).is_file()
+
+
+_RESULTS_MANAGER = None  # see _writer_results_queue_that_dies_with_this_process
+
+
+def _writer_results_queue_that_dies_with_this_process() -> None:
+    """Megatron's checkpoint writer keeps a multiprocessing Manager (a spawned server holding its results queue)
+    for the life of the process; killed with the worker, that server would live on, orphaned. Start it here,
+    with the parent-death signal, and hand Megatron its queue."""
+    global _RESULTS_MANAGER
+    import multiprocessing as mp
+    from multiprocessing.managers import SyncManager
+
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    from sidgr.process import die_with_parent
+
+    if filesystem_async._results_queue is None:
+        _RESULTS_MANAGER = SyncManager(ctx=mp.get_context("spawn"))
+        _RESULTS_MANAGER.start(initializer=die_with_parent)
+        filesystem_async._results_queue = _RESULTS_MANAGER.Queue()
+
+
 def save_checkpoint(run_dir, iteration: int, model, optimizer, scheduler, loader_state: dict, arch: ModelArch,
                     config_str: str, mapping_path: str, keep_last: int) -> Path:
     """Collective: every rank calls it. Returns the final directory."""
+    _writer_results_queue_that_dies_with_this_process()
     final = checkpoint_dir(run_dir, iteration)
     rank0 = dist.get_rank() == 0
     if rank0:
@@ -178,7 +204,7 @@ def save_checkpoint(run_dir, iteration: int, model, optimizer, scheduler, loader
     entries = [None] * dist.get_world_size()
     dist.all_gather_object(entries, entry)
     with contextlib.ExitStack() as stack:
-        tmp = [str(stack.enter_context(atomic_path(final, is_dir=True))) if rank0 else None]
+        tmp = [str(stack.enter_context(atomic_path(final, is_dir=True, replaces=is_checkpoint))) if rank0 else None]
         dist.broadcast_object_list(tmp, src=0)
         tmp_dir = Path(tmp[0])
         dist_checkpointing.save(_full_sharded(model, optimizer, is_loading=False), str(tmp_dir))

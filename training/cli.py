@@ -1,4 +1,4 @@
-"""`sidgr train --nproc N --config configs/X.gin [--resume] [gin overrides ...]`: execs torchrun."""
+"""`sidgr train --nproc N --config configs/X.gin [--resume] [gin overrides ...]`: checks, then runs torchrun."""
 from __future__ import annotations
 
 import argparse
@@ -39,10 +39,35 @@ def run(args: argparse.Namespace) -> int:
         return 0
     preflight(cfgs)
     check_start(cfgs["trainer"].run_dir, args.resume)
-    take_lock(cfgs["trainer"].run_dir)  # this pid becomes torchrun's: the lock holds while the job runs
+    take_lock(cfgs["trainer"].run_dir)  # this launcher's pid: it lives exactly as long as the job
     os.environ.setdefault("WANDB_MODE", "offline")
-    cmd = torchrun_command(args)
+    return run_torchrun(torchrun_command(args))
+
+
+ERROR_MARK = "sidgr train: error:"
+
+
+def run_torchrun(cmd: list[str]) -> int:
+    """Run torchrun as a child that dies with this process (and whose workers die with it), pass its stderr
+    through as it comes, and when it fails print the workers' one-line error last, below torchrun's banner."""
+    import signal
+    import subprocess
+
+    from sidgr.process import die_with_parent
+
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(cmd[0], cmd)
-    return 0  # not reached
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, preexec_fn=die_with_parent)
+    signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum))
+    last_error, pending = None, b""
+    while chunk := os.read(proc.stderr.fileno(), 1 << 16):
+        sys.stderr.buffer.write(chunk)
+        sys.stderr.buffer.flush()
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in lines:
+            if ERROR_MARK.encode() in line:
+                last_error = line.decode(errors="replace").strip()
+    code = proc.wait()
+    if code and last_error:
+        print(last_error[last_error.index(ERROR_MARK):], file=sys.stderr)
+    return code
