@@ -45,7 +45,9 @@ def run(args) -> int:
     from .batch_retrieval import RetrievalParams, retrieve_file
     from .beam import beam_widths
     from .engine import Engine
-    from .shards import join_world, leave_world, torchrun_argv, under_torchrun
+    from sidgr.process import under_torchrun
+
+    from .shards import join_world, leave_world, torchrun_argv
 
     if args.nproc < 1:
         raise input_error("--nproc", "nproc", args.nproc, "must be >= 1")

@@ -30,10 +30,6 @@ class Shard:
             dist.barrier()
 
 
-def under_torchrun() -> bool:
-    return "TORCHELASTIC_RUN_ID" in os.environ or "WORLD_SIZE" in os.environ
-
-
 def join_world() -> Shard:
     """This process's shard: the torchrun world (gloo group; ranks may wait long for each other), or one process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

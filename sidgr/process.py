@@ -23,6 +23,11 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
+def under_torchrun() -> bool:
+    """This process is a worker that torchrun started (its agent sets these)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or "WORLD_SIZE" in os.environ
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

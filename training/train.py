@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -53,10 +52,10 @@ def run(cfgs: dict, resume: bool) -> dict:
     from sidgr.training.task import preflight
 
     mapping, task, arch = preflight(cfgs)  # before anything heavy starts
-    from sidgr.process import die_with_parent
+    from sidgr.process import die_with_parent, under_torchrun
     from sidgr.training.run_dir import check_start
 
-    if "TORCHELASTIC_RUN_ID" in os.environ:
+    if under_torchrun():
         die_with_parent()  # a killed launcher never leaves this worker training on its own
     check_start(tcfg.run_dir, resume)
 
