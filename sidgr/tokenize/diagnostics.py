@@ -67,8 +67,8 @@ def collapse_warnings(before: dict, semantic_sizes: list[int]) -> list[str]:
     if before["collision_rate"] > max(COLLIDING_WARN, 2 * by_chance):
         out.append(f"{before['collision_rate']:.0%} of items share their semantic SID with another item before "
                    f"the de-duplication level ({by_chance:.0%} would by chance): the codes barely separate items. "
-                   f"Try other embeddings (e.g. "
-                   f"collaborative ones, `sidgr export-embeddings`), balanced RQ-KMeans, or more or larger levels.")
+                   f"Try other embeddings (e.g. collaborative ones, `sidgr export-embeddings`), balanced "
+                   f"RQ-KMeans, or more or larger levels.")
     if before["largest_bucket"] > BUCKET_WARN:
         out.append(f"{before['largest_bucket']} items sit behind one semantic SID: their de-duplication codes "
                    f"carry no meaning, so the model must guess among them.")

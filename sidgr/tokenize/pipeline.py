@@ -116,8 +116,7 @@ def is_tokenize_dir(path: Path) -> bool:
 def staged_outputs(out: Path):
     """Yield a staging folder inside `out`; on success move its files into `out`, on failure drop them (and
     `out` itself when it did not exist before)."""
-    check_output(out, is_dir=True, replaces=is_tokenize_dir)
-    created = not out.exists()
+    created = not out.exists()  # `tokenize` checked OUT (check_output) before any work
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tokenize.", suffix=".tmp", dir=out))
     try:
