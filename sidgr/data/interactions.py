@@ -7,8 +7,8 @@ file with text -> the same items/users/sequences/train/valid/test parquet as the
 Format by suffix: `.parquet`; `.csv` (comma); `.tsv`, `.inter`, `.item` (tab; RecBole's `name:type` headers are
 read as `name`); `.xz`-compressed text files too. Ids are read as strings, kept as `raw_id`, and numbered
 0..N-1 in order of first appearance in the interactions file (users and items alike). A user's history is
-ordered by the time column (integers, floats — floored — or ISO-8601 dates/times), ties in file order (with
-`--time-col none`) the file order is the time order. Item text joins the non-empty `--text-cols` values with ". ";
+ordered by the time column (integers, floats — floored — or ISO-8601 dates/times), ties in file order; with
+`--time-col none` the file order is the time order. Item text joins the non-empty `--text-cols` values with ". ";
 the `title` column takes the first of them. Items of the items file that nobody interacted with are not in the
 catalog (counted in stats.json); interacted items missing from it get an empty text (counted too).
 """
