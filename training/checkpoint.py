@@ -187,7 +187,7 @@ def _writer_results_queue_that_dies_with_this_process() -> None:
     from sidgr.process import die_with_parent
 
     if filesystem_async._results_queue is None:
-        _RESULTS_MANAGER = SyncManager(ctx=mp.get_context("spawn"))
+        _RESULTS_MANAGER = SyncManager(ctx=mp.get_context("fork"))  # spawn would add a resource tracker that outlives us
         _RESULTS_MANAGER.start(initializer=die_with_parent)
         filesystem_async._results_queue = _RESULTS_MANAGER.Queue()
 
