@@ -62,7 +62,7 @@ class Engine:
         sids = torch.zeros(len(kept), L, H, dtype=torch.int64)
         for row, h in enumerate(kept):
             sids[row, :len(h)] = self.mapping.pid_to_sid(h)
-        batch = prefill_layout(sids, lengths, self.arch.level_offsets)
+        batch = prefill_layout(sids, lengths, self.arch.level_offsets, self.arch.history)
         return self.model.prefill(batch, lengths)
 
     @torch.no_grad()

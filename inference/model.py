@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sidgr.arch import ModelArch
-from sidgr.token_layout import TokenBatch, history_keys
+from sidgr.token_layout import TokenBatch
 
 from .kv_cache import BeamCache, HistoryCache
 
@@ -28,8 +28,12 @@ class Embeddings(nn.Module):
         self.bos = nn.Parameter(torch.zeros(arch.hidden_size))
         self.positions = nn.Embedding(arch.max_positions, arch.hidden_size)
 
-    def forward(self, tokens: torch.Tensor, is_bos: torch.Tensor | None, positions: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, is_bos: torch.Tensor | None, positions: torch.Tensor,
+                is_item: torch.Tensor | None = None, item_codes: torch.Tensor | None = None) -> torch.Tensor:
+        """An ITEM token is the sum of its codes' rows (item_codes [B, S, H]); a BOS is the learned vector."""
         x = self.codes(tokens)
+        if is_item is not None and item_codes.shape[-1] and bool(is_item.any()):
+            x = torch.where(is_item.unsqueeze(-1), self.codes(item_codes).sum(-2), x)
         if is_bos is not None:
             x = torch.where(is_bos.unsqueeze(-1), self.bos.expand_as(x), x)
         return x + self.positions(positions)
@@ -144,7 +148,7 @@ class EngineModel(nn.Module):
         return self._encode(batch)[0]
 
     def _encode(self, batch: TokenBatch):
-        x = self.embedding(batch.tokens, batch.is_bos, batch.positions)
+        x = self.embedding(batch.tokens, batch.is_bos, batch.positions, batch.is_item, batch.item_codes)
         keys, values = [], []
         for layer in self.decoder.layers:
             a, k, v = layer.self_attention.full(layer.input_layernorm(x), batch.attention_mask)
@@ -155,12 +159,11 @@ class EngineModel(nn.Module):
 
     # ---- KV-cache decode -----------------------------------------------------------------------
     def prefill(self, batch: TokenBatch, lengths: torch.Tensor) -> tuple[torch.Tensor, HistoryCache]:
-        """Encode the prefill layout [codes(0) … codes(n-1), BOS] once.
+        """Encode the prefill layout [history(0) … history(n-1), BOS] once.
         Returns the BOS's hidden state [B, h] (it predicts level 0) and the history cache."""
         hidden, keys, values = self._encode(batch)
         last = batch.valid.sum(1) - 1
-        visible = history_keys(batch.is_bos, batch.valid)
-        return hidden[torch.arange(hidden.shape[0]), last], HistoryCache(keys, values, visible, lengths)
+        return hidden[torch.arange(hidden.shape[0]), last], HistoryCache(keys, values, batch.history, lengths)
 
     def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor, history: HistoryCache,
                     beams: BeamCache) -> tuple[torch.Tensor, BeamCache]:

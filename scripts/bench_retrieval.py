@@ -29,7 +29,7 @@ from sidgr.inference.beam import _expand_step, beam_widths
 from sidgr.inference.random_engine import random_mapping, random_state_dict
 from sidgr.inference.engine import Engine
 from sidgr.inference.weights import EngineFiles
-from sidgr.token_layout import decode_position, history_keys
+from sidgr.token_layout import decode_position
 from sidgr.sid.prefix_index import PrefixIndex
 
 
@@ -118,7 +118,7 @@ def _packed_chunk(engine: Engine, hist, widths):
     sids = torch.zeros(B, int(lengths.max()), H, dtype=torch.int64)
     for b, x in enumerate(kept):
         sids[b, :len(x)] = engine.mapping.pid_to_sid(x)
-    pre = prefill_layout(sids, lengths, arch.level_offsets)
+    pre = prefill_layout(sids, lengths, arch.level_offsets, arch.history)
     S = pre.tokens.shape[1]
     cum, nodes = torch.zeros(B, 1), torch.zeros(B, 1, dtype=torch.int64)
     gen = torch.zeros(B, 1, 0, dtype=torch.int64)  # [B, W, depth] generated global tokens per beam
@@ -132,14 +132,15 @@ def _packed_chunk(engine: Engine, hist, widths):
         positions = torch.cat([pre.positions, beam_pos.unsqueeze(1).expand(B, W, d).reshape(B, W * d)], 1)
         masked = torch.ones(B, T, T, dtype=torch.bool)
         masked[:, :S, :S] = pre.attention_mask[:, 0]
-        hist_vis = history_keys(pre.is_bos, pre.valid)
-        masked[:, S:, :S] = ~hist_vis.unsqueeze(1)
+        masked[:, S:, :S] = ~pre.history.unsqueeze(1)
         beam_of = torch.arange(W * d) // max(d, 1)
         step_of = torch.arange(W * d) % max(d, 1)
         own = (beam_of.unsqueeze(1) == beam_of.unsqueeze(0)) & (step_of.unsqueeze(0) <= step_of.unsqueeze(1))
         masked[:, S:, S:] = ~own
+        is_item = torch.cat([pre.is_item, torch.zeros(B, W * d, dtype=torch.bool)], 1)
+        item_codes = torch.cat([pre.item_codes, torch.zeros(B, W * d, H, dtype=torch.int64)], 1)
         batch = TokenBatch(tokens, is_bos, torch.ones(B, T, dtype=torch.bool), positions, None, None, None,
-                           masked.unsqueeze(1))
+                           masked.unsqueeze(1), is_item, item_codes, None)
         hidden = model(batch)
         if d == 0:
             last = hidden[torch.arange(B), pre.valid.sum(1) - 1].unsqueeze(1)

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 HeadMode = Literal["shared", "per_level"]
+HistoryMode = Literal["codes", "items"]
 
 
 @dataclass(frozen=True)
@@ -18,12 +19,15 @@ class ModelArch:
     max_items: int = 50  # items kept per user (history + target); positions = max_items * (H + 1)
     head_mode: HeadMode = "shared"
     layernorm_epsilon: float = 1e-5
+    history: HistoryMode = "codes"  # how later tokens see a history item: its code tokens, or one ITEM token
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "codebook_sizes", tuple(int(c) for c in self.codebook_sizes))
         if self.head_mode not in ("shared", "per_level"):
             raise ValueError(f"head_mode={self.head_mode!r}: expected 'shared' or 'per_level'")
+        if self.history not in ("codes", "items"):
+            raise ValueError(f"history={self.history!r}: expected 'codes' or 'items'")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"hidden_size={self.hidden_size} not divisible by num_attention_heads="
                              f"{self.num_attention_heads}")

@@ -4,14 +4,21 @@ Every item k of a user owns H+1 position slots: slot k*(H+1) for its BOS and k*(
 Whether an item's BOS is actually present depends on the loss mode, but positions never shift, so the same
 item sits at the same positions in training (either mode) and at inference.
 
+How history items are seen (`history`, stored in the arch):
+  "codes": an item is its H code tokens; every later token may attend to them.
+  "items": an item is seen by later items as one ITEM token (the sum of its H code embeddings, in the last slot
+           k*(H+1)+H); the code tokens of an item being predicted (slots 1..H-1: codes 0..H-2, the chain that
+           predicts the next code) are seen only by later tokens of the same item. History then costs one key
+           per item, as in an item-level model, and the generated item is still decoded code by code.
+
 Loss modes:
-  "last": [codes(0) … codes(n-2), BOS, codes(n-1)]              loss on the last item only
-  "all":  [codes(0), BOS, codes(1), BOS, codes(2) …]            loss on every item after the first
-Attention is causal, except that a BOS is seen by no token but itself. The BOS is only the query that predicts
-level 0; code tokens never see one, so a history item's hidden states are identical whether or not it carried a
-BOS in training, and in "all" mode every item is predicted exactly as "last" mode (and inference) would predict
-it from its own prefix, at any depth.
-Inference prefill is "last" mode with the target item unknown: [codes(0) … codes(n-1), BOS].
+  "last": [history(0) … history(n-2), BOS, codes(n-1)]          loss on the last item only
+  "all":  [history(0), BOS, codes(1), BOS, codes(2) …]          loss on every item after the first
+Attention is causal, except that a BOS is seen by no token but itself (and, with "items", chain codes only by
+their own item). The BOS is only the query that predicts level 0; what later items see of an item never
+depends on whether it carried a BOS in training, so in "all" mode every item is predicted exactly as "last"
+mode (and inference) would predict it from its own prefix, at any depth.
+Inference prefill is "last" mode with the target item unknown: [history(0) … history(n-1), BOS].
 """
 from __future__ import annotations
 
@@ -21,12 +28,14 @@ from typing import Literal
 import torch
 
 LossMode = Literal["last", "all"]
+HistoryMode = Literal["codes", "items"]
+HISTORY_MODES = ("codes", "items")
 IGNORE = -100
 
 
 @dataclass
 class TokenBatch:
-    tokens: torch.Tensor  # [B, S] global code id (level offset + code); 0 at BOS and padding
+    tokens: torch.Tensor  # [B, S] global code id (level offset + code); 0 at BOS, ITEM and padding
     is_bos: torch.Tensor  # [B, S] bool
     valid: torch.Tensor  # [B, S] bool, False on right padding
     positions: torch.Tensor  # [B, S] slot positions (see module doc); 0 on padding
@@ -34,6 +43,9 @@ class TokenBatch:
     labels: torch.Tensor  # [B, S] global code id the token must predict, IGNORE where no loss
     label_levels: torch.Tensor  # [B, S] level of the label (IGNORE where no loss)
     attention_mask: torch.Tensor  # [B, 1, S, S] bool, True = masked out (Megatron's convention)
+    is_item: torch.Tensor  # [B, S] bool: an ITEM token ("items" history)
+    item_codes: torch.Tensor  # [B, S, H] global code ids an ITEM token sums; 0 elsewhere
+    history: torch.Tensor  # [B, S] bool: every later token may attend to this one
 
     @property
     def loss_mask(self) -> torch.Tensor:
@@ -41,21 +53,47 @@ class TokenBatch:
 
     def model_inputs(self) -> tuple[torch.Tensor, ...]:
         """The decoder's forward arguments."""
-        return self.tokens, self.is_bos, self.positions, self.attention_mask
+        return self.tokens, self.is_bos, self.positions, self.attention_mask, self.is_item, self.item_codes
+
+    def to(self, device) -> "TokenBatch":
+        return TokenBatch(*(getattr(self, f).to(device, non_blocking=True) for f in TokenBatch.__dataclass_fields__))
+
+
+def check_history_mode(history: str) -> None:
+    if history not in HISTORY_MODES:
+        raise ValueError(f"history={history!r}: expected one of {HISTORY_MODES}")
 
 
 def build_layout(sids: torch.Tensor, code_present: torch.Tensor, bos_present: torch.Tensor,
-                 level_offsets: tuple[int, ...] | list[int]) -> TokenBatch:
-    """sids [B, L, H] per-level codes; code_present / bos_present [B, L] bool select which slots exist."""
+                 level_offsets: tuple[int, ...] | list[int], history: HistoryMode = "codes") -> TokenBatch:
+    """sids [B, L, H] per-level codes; code_present [B, L]: the item's codes are known (it is history or a
+    training target); bos_present [B, L]: the item is predicted (BOS, and with "items" its chain codes)."""
+    check_history_mode(history)
     B, L, H = sids.shape
     offsets = torch.as_tensor(list(level_offsets), dtype=torch.int64)
-    slot_tok = torch.cat([torch.zeros(B, L, 1, dtype=torch.int64), sids.to(torch.int64) + offsets], dim=2)
-    slot_present = torch.cat([bos_present.unsqueeze(2), code_present.unsqueeze(2).expand(B, L, H)], dim=2)
-    slot_is_bos = torch.zeros(B, L, H + 1, dtype=torch.bool)
-    slot_is_bos[:, :, 0] = True
-    slot_item = torch.arange(L).view(1, L, 1).expand(B, L, H + 1)
+    glob = sids.to(torch.int64) + offsets  # [B, L, H]
+    zero = torch.zeros(B, L, 1, dtype=torch.int64)
     slot_level = torch.arange(-1, H).view(1, 1, H + 1).expand(B, L, H + 1)
-    slot_loss_item = bos_present.unsqueeze(2).expand(B, L, H + 1)
+    slot_is_bos = (slot_level == -1).clone()
+    # label of slot j (BOS or the code before it) = code j of the item, when the item is predicted
+    slot_label = torch.cat([glob, torch.full((B, L, 1), IGNORE, dtype=torch.int64)], dim=2)
+    slot_label_level = torch.cat([slot_level[:, :, 1:], torch.full((B, L, 1), IGNORE, dtype=torch.int64)], dim=2)
+    if history == "codes":
+        slot_tok = torch.cat([zero, glob], dim=2)
+        slot_present = torch.cat([bos_present.unsqueeze(2), code_present.unsqueeze(2).expand(B, L, H)], dim=2)
+        slot_history = ~slot_is_bos
+        slot_is_item = torch.zeros(B, L, H + 1, dtype=torch.bool)
+    else:
+        slot_tok = torch.cat([zero, glob[:, :, :H - 1], zero], dim=2)
+        chain = (bos_present & code_present).unsqueeze(2).expand(B, L, H - 1)
+        slot_present = torch.cat([bos_present.unsqueeze(2), chain, code_present.unsqueeze(2)], dim=2)
+        slot_history = torch.zeros(B, L, H + 1, dtype=torch.bool)
+        slot_history[:, :, H] = True
+        slot_is_item = slot_history.clone()
+    slot_loss = bos_present.unsqueeze(2) & code_present.unsqueeze(2) & (slot_label != IGNORE)
+    slot_label = torch.where(slot_loss, slot_label, IGNORE)
+    slot_label_level = torch.where(slot_loss, slot_label_level, IGNORE)
+    slot_item = torch.arange(L).view(1, L, 1).expand(B, L, H + 1)
 
     present = slot_present.reshape(B, -1)
     lengths = present.sum(1)
@@ -66,46 +104,42 @@ def build_layout(sids: torch.Tensor, code_present: torch.Tensor, bos_present: to
     cols = dest[present]
 
     def compact(src: torch.Tensor, fill) -> torch.Tensor:
-        out = torch.full((B, S), fill, dtype=src.dtype)
-        out[rows, cols] = src.reshape(B, -1)[present]
+        out = torch.full((B, S) + tuple(src.shape[3:]), fill, dtype=src.dtype)
+        out[rows, cols] = src.reshape((B, L * (H + 1)) + tuple(src.shape[3:]))[present]
         return out
 
     tokens = compact(slot_tok, 0)
     is_bos = compact(slot_is_bos, False)
     positions = compact(torch.arange(L * (H + 1)).view(1, L, H + 1).expand(B, L, H + 1), 0)
     item_index = compact(slot_item, -1)
-    level = compact(slot_level, -1)
-    loss_item = compact(slot_loss_item, False)
+    labels = compact(slot_label, IGNORE)
+    label_levels = compact(slot_label_level, IGNORE)
+    is_item = compact(slot_is_item, False)
+    item_codes = compact(glob.unsqueeze(2).expand(B, L, H + 1, H) * slot_is_item.unsqueeze(3), 0)
+    hist = compact(slot_history, False)
     valid = torch.arange(S).unsqueeze(0) < lengths.unsqueeze(1)
-
-    # Token t predicts token t+1 when t+1 is a code of an item that carries loss.
-    labels = torch.full((B, S), IGNORE, dtype=torch.int64)
-    label_levels = torch.full((B, S), IGNORE, dtype=torch.int64)
-    if S > 1:
-        nxt_is_target = valid[:, 1:] & ~is_bos[:, 1:] & loss_item[:, 1:]
-        labels[:, :-1] = torch.where(nxt_is_target, tokens[:, 1:], IGNORE)
-        label_levels[:, :-1] = torch.where(nxt_is_target, level[:, 1:], IGNORE)
-
-    attention_mask = ~visible_keys(is_bos, valid).unsqueeze(1)
-    return TokenBatch(tokens, is_bos, valid, positions, item_index, labels, label_levels, attention_mask)
+    hist &= valid
+    attention_mask = ~visible_keys(hist, is_bos, item_index, valid).unsqueeze(1)
+    return TokenBatch(tokens, is_bos, valid, positions, item_index, labels, label_levels, attention_mask,
+                      is_item, item_codes, hist)
 
 
-def visible_keys(is_bos: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """[B, S, S] bool, True where query j may attend key i: causal, valid, non-BOS keys.
-    The diagonal is always visible: a BOS sees itself, and padding rows never softmax over nothing."""
+def visible_keys(history: torch.Tensor, is_bos: torch.Tensor, item_index: torch.Tensor,
+                 valid: torch.Tensor) -> torch.Tensor:
+    """[B, S, S] bool, True where query j may attend key i: causal, valid keys that are history, or (for a query
+    that is not history itself) code tokens of the query's own item; never a BOS. The diagonal is always
+    visible: a BOS sees itself, and padding rows never softmax over nothing."""
     S = is_bos.shape[1]
     causal = torch.ones(S, S, dtype=torch.bool).tril()
-    allowed = causal & history_keys(is_bos, valid).unsqueeze(1)
+    chain_key = valid & ~is_bos & ~history
+    same_item = item_index.unsqueeze(2) == item_index.unsqueeze(1)
+    own_chain = chain_key.unsqueeze(1) & same_item & ~history.unsqueeze(2)
+    allowed = causal & (history.unsqueeze(1) | own_chain)
     return allowed | torch.eye(S, dtype=torch.bool)
 
 
-def history_keys(is_bos: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """[B, S] bool: the tokens any later token may attend to (valid code tokens, never a BOS)."""
-    return valid & ~is_bos
-
-
 def training_layout(sids: torch.Tensor, lengths: torch.Tensor, loss_mode: LossMode,
-                    level_offsets) -> TokenBatch:
+                    level_offsets, history: HistoryMode = "codes") -> TokenBatch:
     """sids [B, L, H] right-padded items, lengths [B] items per user (>= 2)."""
     L = sids.shape[1]
     k = torch.arange(L).unsqueeze(0)
@@ -117,16 +151,18 @@ def training_layout(sids: torch.Tensor, lengths: torch.Tensor, loss_mode: LossMo
         bos_present = (k >= 1) & (k < n)
     else:
         raise ValueError(f"loss_mode={loss_mode!r}: expected 'last' or 'all'")
-    return build_layout(sids, code_present, bos_present, level_offsets)
+    return build_layout(sids, code_present, bos_present, level_offsets, history)
 
 
-def prefill_layout(sids: torch.Tensor, lengths: torch.Tensor, level_offsets) -> TokenBatch:
-    """History [B, L, H] with lengths [B] -> tokens [codes(0) … codes(n-1), BOS]; the BOS is the last valid token."""
+def prefill_layout(sids: torch.Tensor, lengths: torch.Tensor, level_offsets,
+                   history: HistoryMode = "codes") -> TokenBatch:
+    """History [B, L, H] with lengths [B] -> tokens [history(0) … history(n-1), BOS]; the BOS is the last valid
+    token."""
     B, L, H = sids.shape
     padded = torch.cat([sids, torch.zeros(B, 1, H, dtype=sids.dtype)], dim=1)
     k = torch.arange(L + 1).unsqueeze(0)
     n = lengths.unsqueeze(1)
-    return build_layout(padded, k < n, k == n, level_offsets)
+    return build_layout(padded, k < n, k == n, level_offsets, history)
 
 
 def decode_position(lengths: torch.Tensor, level: int, num_levels: int) -> torch.Tensor:

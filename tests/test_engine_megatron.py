@@ -1,11 +1,11 @@
 """Engine == Megatron: build the trainer's Megatron model at TP=1 and TP=2 (torchrun), save a checkpoint with the
 trainer's checkpoint code (Adam state included), export it without Megatron, and compare logits (fp32, <= 1e-5)
-on the same batch, for both head modes (one torchrun per TP size builds both); and the engine's item scores are the
+on the same batch, for both head modes and both history modes (one torchrun per TP size builds all); and the engine's item scores are the
 trained model's likelihood: exact and beam scores equal minus the training loss path's cross-entropy."""
 import pytest
 import torch
 
-from engine_megatron_worker import HEAD_MODES, SIZES, make_batch
+from engine_megatron_worker import SIZES, VARIANTS, make_batch, variant_name
 from launch import run_torchrun
 
 pytestmark = [pytest.mark.dist, pytest.mark.slow]
@@ -43,14 +43,15 @@ def test_engine_logits_equal_megatron(tmp_path, tp):
     batch_catalog(sids).save(tmp_path / "sids")
     run_torchrun("tests/dist/engine_megatron_worker.py", tp, tp, tmp_path, timeout=300)
 
-    for head_mode in HEAD_MODES:
-        export_checkpoint(tmp_path / head_mode / "checkpoints" / "iter_0000001", tmp_path / f"engine_{head_mode}")
-        files = load_engine(tmp_path / f"engine_{head_mode}")
-        assert files.arch.head_mode == head_mode
+    for head_mode, history in VARIANTS:
+        name = variant_name(head_mode, history)
+        export_checkpoint(tmp_path / name / "checkpoints" / "iter_0000001", tmp_path / f"engine_{name}")
+        files = load_engine(tmp_path / f"engine_{name}")
+        assert (files.arch.head_mode, files.arch.history) == (head_mode, history)
         model = EngineModel.from_state_dict(files.arch, files.state_dict)
-        ref = torch.load(tmp_path / f"{head_mode}.pt")
-        check_scores_are_training_likelihood(tmp_path / f"engine_{head_mode}", sids, lengths, ref)
-        tb = training_layout(sids, lengths, "last", files.arch.level_offsets)
+        ref = torch.load(tmp_path / f"{name}.pt")
+        check_scores_are_training_likelihood(tmp_path / f"engine_{name}", sids, lengths, ref)
+        tb = training_layout(sids, lengths, "last", files.arch.level_offsets, history)
         with torch.no_grad():
             hidden = model(tb)
         valid = tb.valid.reshape(-1)

@@ -16,15 +16,16 @@ from sidgr.inference.weights import load_engine, save_engine
 SIZES = (6, 5, 7)
 
 
-def make_model(head_mode, seed=0):
+def make_model(head_mode, seed=0, history="codes"):
     arch = ModelArch(codebook_sizes=SIZES, hidden_size=32, num_layers=2, num_attention_heads=4,
-                     ffn_hidden_size=64, max_items=8, head_mode=head_mode)
+                     ffn_hidden_size=64, max_items=8, head_mode=head_mode, history=history)
     return EngineModel.from_state_dict(arch, random_state_dict(arch, seed))
 
 
+@pytest.mark.parametrize("history", ["codes", "items"])
 @pytest.mark.parametrize("head_mode", ["shared", "per_level"])
-def test_kv_cache_logits_equal_no_cache(head_mode):
-    model = make_model(head_mode)
+def test_kv_cache_logits_equal_no_cache(head_mode, history):
+    model = make_model(head_mode, history=history)
     arch, H = model.arch, len(SIZES)
     g = torch.Generator().manual_seed(1)
     B, W, L = 3, 5, 6
@@ -33,7 +34,7 @@ def test_kv_cache_logits_equal_no_cache(head_mode):
     beams = torch.stack([torch.randint(c, (B, W), generator=g) for c in SIZES], dim=2)  # [B, W, H]
 
     # KV cache: prefill once, then teacher-force each beam's codes, one step at a time
-    bos_hidden, hist_cache = model.prefill(prefill_layout(hist, lengths, arch.level_offsets), lengths)
+    bos_hidden, hist_cache = model.prefill(prefill_layout(hist, lengths, arch.level_offsets, history), lengths)
     kv_logits = [model.level_logits(bos_hidden, 0).unsqueeze(1).expand(B, W, -1)]
     cache = BeamCache()
     for h in range(1, H):
@@ -45,10 +46,11 @@ def test_kv_cache_logits_equal_no_cache(head_mode):
     full = torch.cat([hist.unsqueeze(1).expand(B, W, L, H), torch.zeros(B, W, 1, H, dtype=torch.int64)], 2)
     full[torch.arange(B).unsqueeze(1), torch.arange(W), lengths.unsqueeze(1)] = beams
     batch = training_layout(full.reshape(B * W, L + 1, H), (lengths + 1).repeat_interleave(W), "last",
-                            arch.level_offsets)
+                            arch.level_offsets, history)
     hidden = model(batch).view(B, W, -1, arch.hidden_size)
+    per_item = H if history == "codes" else 1  # tokens each history item takes
     for h in range(H):
-        at = (lengths * H + h).view(B, 1, 1, 1).expand(B, W, 1, arch.hidden_size)
+        at = (lengths * per_item + h).view(B, 1, 1, 1).expand(B, W, 1, arch.hidden_size)
         ref = model.level_logits(hidden.gather(2, at).squeeze(2), h)
         assert torch.allclose(kv_logits[h], ref, atol=1e-5, rtol=0), (h, (kv_logits[h] - ref).abs().max())
 

@@ -1,4 +1,5 @@
 """Token layout and attention masks shared by training and the engine (sidgr/token_layout.py)."""
+import pytest
 import torch
 
 from sidgr.token_layout import IGNORE, decode_position, prefill_layout, training_layout
@@ -83,3 +84,69 @@ def test_prefill_ends_with_bos_at_the_next_items_slot():
         assert (tb.labels[b] == IGNORE).all()
     assert decode_position(LENS, 0, 3).tolist() == [13, 9]
     assert decode_position(LENS, 2, 3).tolist() == [15, 11]
+
+
+# ---- "items" history: one ITEM token per history item, chain codes private to their item --------------------
+def test_items_history_last_mode_layout():
+    tb = training_layout(SIDS, LENS, "last", OFFSETS, "items")
+    # user 0: ITEM(0), ITEM(1), BOS, codes 0..H-2 of item 2, ITEM(2)
+    assert tb.is_item[0].nonzero().flatten().tolist() == [0, 1, 5]
+    assert tb.item_codes[0, 0].tolist() == [1, 12, 23]
+    assert tb.item_codes[0, 1].tolist() == [4, 15, 26]
+    assert tb.tokens[0].tolist() == [0, 0, 0, 7, 18, 0]
+    assert tb.is_bos[0].nonzero().flatten().tolist() == [2]
+    # the ITEM token takes its item's last slot; BOS and codes keep theirs
+    assert tb.positions[0].tolist() == [3, 7, 8, 9, 10, 11]
+    assert tb.labels[0].tolist() == [IGNORE, IGNORE, 7, 18, 29, IGNORE]
+    assert tb.label_levels[0].tolist() == [IGNORE, IGNORE, 0, 1, 2, IGNORE]
+    assert tb.history[0].tolist() == [True, True, False, False, False, True]
+    assert tb.valid[1].tolist() == [True] * 5 + [False]
+
+
+def test_items_history_chain_codes_are_seen_only_by_their_own_item():
+    tb = training_layout(SIDS, LENS, "all", OFFSETS, "items")
+    visible = ~tb.attention_mask[0, 0]
+    # [ITEM0, BOS1, c1_0, c1_1, ITEM1, BOS2, c2_0, c2_1, ITEM2]
+    assert tb.is_item[0].nonzero().flatten().tolist() == [0, 4, 8]
+    assert not visible.triu(1).any()
+    assert visible[6].nonzero().flatten().tolist() == [0, 4, 6]  # c2_0: ITEMs 0 and 1, itself (BOS2 unseen)
+    assert visible[7].nonzero().flatten().tolist() == [0, 4, 6, 7]
+    assert visible[:, 2].nonzero().flatten().tolist() == [2, 3]  # c1_0: item 1's later chain token only
+    assert visible[4].nonzero().flatten().tolist() == [0, 4]  # ITEM1 sees items, never a chain
+    assert visible[:, 1].nonzero().flatten().tolist() == [1]  # a BOS: itself only
+
+
+def reachable(tb) -> torch.Tensor:
+    """[S, S] row 0's tokens each query's hidden state depends on through any number of layers."""
+    r = (~tb.attention_mask[0, 0]).int()
+    for _ in range(r.shape[0]):
+        r = ((r @ r) > 0).int()
+    return r.bool()
+
+
+@pytest.mark.parametrize("history", ["codes", "items"])
+def test_all_mode_predicts_each_item_as_last_mode_does(history):
+    """Every labelled token of item 2 in 'all' mode depends on exactly what 'last' mode's corresponding token
+    depends on (the transitive closure of attention: what it sees, what those saw, …)."""
+    all_tb = training_layout(SIDS[:1], LENS[:1], "all", OFFSETS, history)
+    last_tb = training_layout(SIDS[:1], LENS[:1], "last", OFFSETS, history)
+    q_all = (all_tb.item_index[0] == 2) & all_tb.loss_mask[0]
+    q_last = (last_tb.item_index[0] == 2) & last_tb.loss_mask[0]
+    assert all_tb.labels[0, q_all].tolist() == last_tb.labels[0, q_last].tolist()
+    reach_all, reach_last = reachable(all_tb), reachable(last_tb)
+    for qa, ql in zip(q_all.nonzero().flatten(), q_last.nonzero().flatten()):
+        seen_all = reach_all[qa].nonzero().flatten()
+        seen_last = reach_last[ql].nonzero().flatten()
+        for field in ("tokens", "positions", "is_bos", "is_item", "item_codes"):
+            a, b = getattr(all_tb, field)[0, seen_all], getattr(last_tb, field)[0, seen_last]
+            assert torch.equal(a, b), field
+
+
+def test_items_prefill_is_one_item_token_per_history_item_then_bos():
+    tb = prefill_layout(SIDS, LENS, OFFSETS, "items")
+    assert tb.valid.sum(1).tolist() == [4, 3]
+    assert tb.is_item[0].tolist() == [True, True, True, False]
+    assert tb.is_bos[1].tolist() == [False, False, True, False]
+    assert tb.positions[0].tolist() == [3, 7, 11, 12]
+    assert tb.history[0].tolist() == [True, True, True, False]
+    assert (tb.labels == IGNORE).all()

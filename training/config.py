@@ -48,6 +48,9 @@ class ModelConfig:
     # engine alike); per_level: one head per level
     head_mode: Literal["shared", "per_level"] = "shared"
     loss_mode: Literal["last", "all"] = "all"
+    # how later tokens see a history item (sidgr/token_layout.py): its H code tokens, or one ITEM token (the sum
+    # of its code embeddings) while the predicted item is still decoded code by code
+    history: Literal["codes", "items"] = "codes"
     codebook_sizes: tuple = ()  # () = take them from the SID mapping; else must match it
     dropout: float = 0.1  # embedding, attention and hidden dropout
     layernorm_epsilon: float = 1e-5
@@ -84,7 +87,7 @@ def model_arch(model: ModelConfig, codebook_sizes, max_items: int) -> ModelArch:
     return ModelArch(codebook_sizes=tuple(codebook_sizes), hidden_size=model.hidden_size,
                      num_layers=model.num_layers, num_attention_heads=model.num_attention_heads,
                      ffn_hidden_size=model.ffn_hidden_size, max_items=max_items, head_mode=model.head_mode,
-                     layernorm_epsilon=model.layernorm_epsilon)
+                     layernorm_epsilon=model.layernorm_epsilon, history=model.history)
 
 
 BUILT_CONFIGURABLES = ("TrainerConfig", "ModelConfig", "OptimizerConfig", "ParallelConfig", "DataConfig")

@@ -1,7 +1,7 @@
 """The SID-GR decoder built with Megatron-Core.
 
-Input embedding = (shared code table `embedding.codes`, rows offset by level | learned `embedding.bos`) + learned
-absolute position `embedding.positions`, then dropout. Decoder: a Megatron `TransformerBlock` from a layer spec
+Input embedding = (shared code table `embedding.codes`, rows offset by level; an ITEM token sums its codes' rows |
+learned `embedding.bos`) + learned absolute position `embedding.positions`, then dropout. Decoder: a Megatron `TransformerBlock` from a layer spec
 (local spec on CPU, Transformer Engine spec on GPU when installed) with a final LayerNorm. Heads: vocab-parallel
 `ColumnParallelLinear`s without bias, `heads.0` over all levels' codes ('shared') or `heads.{h}` per level.
 Code tables are padded to a multiple of lcm(vocab_pad_multiple, TP); padded rows are never indexed and padded
@@ -79,9 +79,12 @@ class SIDEmbedding(MegatronModule):
             config.init_method(self.positions.weight)
         self.dropout = torch.nn.Dropout(config.hidden_dropout)
 
-    def forward(self, tokens, is_bos, positions) -> torch.Tensor:
-        """[B, S] -> [S, B, hidden] (Megatron's sequence-first layout)."""
+    def forward(self, tokens, is_bos, positions, is_item, item_codes) -> torch.Tensor:
+        """[B, S] -> [S, B, hidden] (Megatron's sequence-first layout). An ITEM token is the sum of its codes'
+        rows (item_codes [B, S, H])."""
         x = self.codes(tokens)
+        if item_codes.shape[-1] and bool(is_item.any()):
+            x = torch.where(is_item.unsqueeze(-1), self.codes(item_codes).sum(-2), x)
         x = torch.where(is_bos.unsqueeze(-1), self.bos.to(x.dtype), x) + self.positions(positions)
         return self.dropout(x.transpose(0, 1).contiguous())
 
@@ -122,9 +125,9 @@ class SIDGRModel(MegatronModule):
     def set_input_tensor(self, input_tensor):  # pipeline-parallel hook Megatron's schedules call
         self.decoder.set_input_tensor(input_tensor)
 
-    def forward(self, tokens, is_bos, positions, attention_mask) -> torch.Tensor:
+    def forward(self, tokens, is_bos, positions, attention_mask, is_item, item_codes) -> torch.Tensor:
         """Final hidden states [S, B, hidden]."""
-        x = self.embedding(tokens, is_bos, positions)
+        x = self.embedding(tokens, is_bos, positions, is_item, item_codes)
         return self.decoder(hidden_states=x, attention_mask=attention_mask)
 
     def head_logits(self, h: int, hidden: torch.Tensor) -> torch.Tensor:

@@ -10,13 +10,14 @@ from sidgr.training.loss import token_losses
 
 def layout_for(batch, loss_mode: str, arch: ModelArch, device) -> TokenBatch:
     """A loader `Batch` -> the decoder's TokenBatch on `device`."""
-    tb = training_layout(batch.sids, batch.lengths, loss_mode, arch.level_offsets)
+    tb = training_layout(batch.sids, batch.lengths, loss_mode, arch.level_offsets, arch.history)
     if tb.tokens.shape[1] == 0:  # a DP rank whose rows are all padding still joins the collectives
         B = tb.tokens.shape[0]
         z = torch.zeros(B, 1, dtype=torch.int64)
         tb = TokenBatch(z, z.bool(), z.bool(), z, z - 1, z + IGNORE, z + IGNORE,
-                        torch.zeros(B, 1, 1, 1, dtype=torch.bool))
-    return TokenBatch(*(getattr(tb, f).to(device, non_blocking=True) for f in TokenBatch.__dataclass_fields__))
+                        torch.zeros(B, 1, 1, 1, dtype=torch.bool), z.bool(),
+                        torch.zeros(B, 1, arch.num_levels, dtype=torch.int64), z.bool())
+    return tb.to(device)
 
 
 @torch.no_grad()

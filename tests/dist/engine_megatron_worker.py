@@ -1,9 +1,10 @@
 """Builds the trainer's Megatron model at TP=N, saves a checkpoint with the trainer's checkpoint code (Adam state
 included) and writes the model's full hidden states and logits, and the training loss path's token losses of each
-row's last item, for both head modes; for tests/test_engine_megatron.py.
+row's last item, for both head modes and both history modes; for tests/test_engine_megatron.py.
 
 Usage: torchrun --standalone --nproc_per_node=TP tests/dist/engine_megatron_worker.py TP OUT_DIR
-       (OUT_DIR must already hold sids.json; writes OUT_DIR/<head_mode>/checkpoints/... and OUT_DIR/<head_mode>.pt)
+       (OUT_DIR must already hold sids.json; writes OUT_DIR/<variant>/checkpoints/... and OUT_DIR/<variant>.pt,
+       variant = <head_mode>_<history>)
 """
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import torch
 
 SIZES = (6, 5, 7)  # vocab 18: padded to 24 by the trainer (pad multiple 8), stripped by export
-HEAD_MODES = ("shared", "per_level")
+VARIANTS = (("shared", "codes"), ("per_level", "codes"), ("shared", "items"))  # (head_mode, history)
 
 
 def make_batch(seed=0):
@@ -27,13 +28,17 @@ def worker(tp: int, out_dir: str) -> None:
 
     info = init_distributed(tp)
     try:
-        for head_mode in HEAD_MODES:
-            build_save_forward(tp, head_mode, Path(out_dir), info)
+        for head_mode, history in VARIANTS:
+            build_save_forward(tp, head_mode, history, Path(out_dir), info)
     finally:
         teardown()
 
 
-def build_save_forward(tp: int, head_mode: str, out: Path, info) -> None:
+def variant_name(head_mode: str, history: str) -> str:
+    return f"{head_mode}_{history}"
+
+
+def build_save_forward(tp: int, head_mode: str, history: str, out: Path, info) -> None:
     """Build, perturb, save a checkpoint; rank 0 writes the Megatron model's full hidden states and logits."""
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
@@ -48,7 +53,7 @@ def build_save_forward(tp: int, head_mode: str, out: Path, info) -> None:
 
     seed_everything(7)
     mcfg = ModelConfig(hidden_size=32, num_layers=2, num_attention_heads=4, ffn_hidden_size=64,
-                       head_mode=head_mode, dropout=0.0, init_method_std=0.2)
+                       head_mode=head_mode, history=history, dropout=0.0, init_method_std=0.2)
     arch = model_arch(mcfg, SIZES, max_items=5)
     model = build_model(mcfg, arch, tp, info.device)
     with torch.no_grad():  # non-trivial biases and LayerNorms; same noise on every rank for a given param
@@ -58,13 +63,14 @@ def build_save_forward(tp: int, head_mode: str, out: Path, info) -> None:
     ddp = wrap_ddp(model, ocfg, ParallelConfig(tensor_parallel=tp))
     optimizer = build_optimizer(ddp, ocfg)
     scheduler = build_scheduler(optimizer, ocfg, 1)
-    save_checkpoint(out / head_mode, 1, model, optimizer, scheduler, {}, arch, "", str(out / "sids.json"), 1)
+    name = variant_name(head_mode, history)
+    save_checkpoint(out / name, 1, model, optimizer, scheduler, {}, arch, "", str(out / "sids.json"), 1)
 
     sids, lengths = make_batch()
-    tb = training_layout(sids, lengths, "last", arch.level_offsets)
+    tb = training_layout(sids, lengths, "last", arch.level_offsets, history)
     model.eval()
     with torch.no_grad():
-        hidden = model(tb.tokens, tb.is_bos, tb.positions, tb.attention_mask).transpose(0, 1)  # [B, S, h]
+        hidden = model(*tb.model_inputs()).transpose(0, 1)  # [B, S, h]
         flat = hidden.reshape(-1, arch.hidden_size)
         heads = []
         for h, size in enumerate(model.head_sizes):
@@ -76,7 +82,7 @@ def build_save_forward(tp: int, head_mode: str, out: Path, info) -> None:
         last_item_nll = torch.zeros(sids.shape[0]).index_add_(0, tl.rows, tl.losses)
     if info.is_rank0:
         torch.save({"hidden": hidden.contiguous(), "heads": heads, "last_item_nll": last_item_nll},
-                   out / f"{head_mode}.pt")
+                   out / f"{name}.pt")
 
 
 if __name__ == "__main__":
