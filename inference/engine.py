@@ -29,8 +29,9 @@ class Engine:
     def __init__(self, files: EngineFiles):
         self.arch = files.arch
         self.mapping = files.mapping
-        self.model = EngineModel.from_state_dict(files.arch, files.state_dict)
         self.index = PrefixIndex.build(files.mapping)
+        nodes = self.index.prefix_nodes(files.mapping.codes) if "prefixn" in files.arch.item_parts else None
+        self.model = EngineModel.from_state_dict(files.arch, files.state_dict, nodes)
         self.paths = ItemPaths.build(self.index, files.mapping.num_items)
 
     @classmethod
@@ -60,9 +61,11 @@ class Engine:
         lengths = torch.tensor([len(h) for h in kept], dtype=torch.int64)
         L, H = int(lengths.max()), self.arch.num_levels
         sids = torch.zeros(len(kept), L, H, dtype=torch.int64)
+        pids = torch.zeros(len(kept), L, dtype=torch.int64)
         for row, h in enumerate(kept):
             sids[row, :len(h)] = self.mapping.pid_to_sid(h)
-        batch = prefill_layout(sids, lengths, self.arch.level_offsets, self.arch.history)
+            pids[row, :len(h)] = h
+        batch = prefill_layout(sids, lengths, self.arch.level_offsets, self.arch.history, pids)
         return self.model.prefill(batch, lengths)
 
     @torch.no_grad()

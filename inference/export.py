@@ -124,13 +124,14 @@ def unstack_layers(tensors: dict[str, torch.Tensor], num_layers: int, source) ->
 def strip_vocab_padding(tensors: dict[str, torch.Tensor], arch: ModelArch, source) -> dict[str, torch.Tensor]:
     want = expected_shapes(arch)
     out = dict(tensors)
-    for name in [n for n in out if n == "embedding.codes.weight" or n.startswith("heads.")]:
+    padded = ("embedding.codes.", "embedding.items.", "embedding.prefixes.", "heads.")  # vocab-parallel tables
+    for name in [n for n in out if n.startswith(padded)]:
         if name not in want:
             continue
         rows = want[name][0]
         if out[name].shape[0] < rows:
             raise input_error(source, f"rows of {name}", int(out[name].shape[0]),
-                              f"fewer than the arch's {rows} codes")
+                              f"fewer than the arch's {rows} rows")
         out[name] = out[name][:rows]
     return out
 

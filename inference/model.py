@@ -22,18 +22,39 @@ MASK_FILL = -10000.0
 
 
 class Embeddings(nn.Module):
-    def __init__(self, arch: ModelArch):
+    """Code rows, the BOS vector, positions; ITEM tokens sum their parts (see training/model.py SIDEmbedding)."""
+
+    def __init__(self, arch: ModelArch, prefix_nodes: torch.Tensor | None = None):
         super().__init__()
+        self.parts = arch.item_parts
         self.codes = nn.Embedding(arch.vocab_size, arch.hidden_size)
+        if "id" in self.parts:
+            self.items = nn.Embedding(arch.num_items, arch.hidden_size)
+        if "prefixn" in self.parts:
+            if prefix_nodes is None:
+                raise ValueError("history 'prefixn' needs the catalog's prefix node ids")
+            self.prefixes = nn.ModuleList(nn.Embedding(n, arch.hidden_size) for n in arch.prefix_counts)
+            self.register_buffer("item_prefixes", prefix_nodes.t().contiguous(), persistent=False)
         self.bos = nn.Parameter(torch.zeros(arch.hidden_size))
         self.positions = nn.Embedding(arch.max_positions, arch.hidden_size)
 
+    def item_vectors(self, item_codes: torch.Tensor, item_pids: torch.Tensor) -> torch.Tensor:
+        x = 0
+        if "rqsum" in self.parts:
+            x = x + self.codes(item_codes).sum(-2)
+        if "prefixn" in self.parts:
+            nodes = self.item_prefixes[item_pids]
+            x = x + sum(table(nodes[..., h]) for h, table in enumerate(self.prefixes))
+        if "id" in self.parts:
+            x = x + self.items(item_pids)
+        return x
+
     def forward(self, tokens: torch.Tensor, is_bos: torch.Tensor | None, positions: torch.Tensor,
-                is_item: torch.Tensor | None = None, item_codes: torch.Tensor | None = None) -> torch.Tensor:
-        """An ITEM token is the sum of its codes' rows (item_codes [B, S, H]); a BOS is the learned vector."""
+                is_item: torch.Tensor | None = None, item_codes: torch.Tensor | None = None,
+                item_pids: torch.Tensor | None = None) -> torch.Tensor:
         x = self.codes(tokens)
-        if is_item is not None and item_codes.shape[-1] and bool(is_item.any()):
-            x = torch.where(is_item.unsqueeze(-1), self.codes(item_codes).sum(-2), x)
+        if is_item is not None and self.parts:
+            x = torch.where(is_item.unsqueeze(-1), self.item_vectors(item_codes, item_pids), x)
         if is_bos is not None:
             x = torch.where(is_bos.unsqueeze(-1), self.bos.expand_as(x), x)
         return x + self.positions(positions)
@@ -114,17 +135,19 @@ class EngineModel(nn.Module):
     """The SID-GR decoder in plain torch with a KV cache: prefill a batch of histories once, then decode one level
     per step for many beams; the same logits as the Megatron model (tests/test_engine_megatron.py)."""
 
-    def __init__(self, arch: ModelArch):
+    def __init__(self, arch: ModelArch, prefix_nodes: torch.Tensor | None = None):
         super().__init__()
         self.arch = arch
-        self.embedding = Embeddings(arch)
+        self.embedding = Embeddings(arch, prefix_nodes)
         self.decoder = Decoder(arch)
         sizes = [arch.vocab_size] if arch.head_mode == "shared" else list(arch.codebook_sizes)
         self.heads = nn.ModuleList(nn.Linear(arch.hidden_size, c, bias=False) for c in sizes)
 
     @classmethod
-    def from_state_dict(cls, arch: ModelArch, state_dict: dict[str, torch.Tensor]) -> "EngineModel":
-        model = cls(arch)
+    def from_state_dict(cls, arch: ModelArch, state_dict: dict[str, torch.Tensor],
+                        prefix_nodes: torch.Tensor | None = None) -> "EngineModel":
+        """prefix_nodes [H, N] (`PrefixIndex.prefix_nodes` of the catalog): needed by history 'prefixn'."""
+        model = cls(arch, prefix_nodes)
         model.load_state_dict(state_dict, strict=True)
         return model.eval().requires_grad_(False)
 
@@ -148,7 +171,8 @@ class EngineModel(nn.Module):
         return self._encode(batch)[0]
 
     def _encode(self, batch: TokenBatch):
-        x = self.embedding(batch.tokens, batch.is_bos, batch.positions, batch.is_item, batch.item_codes)
+        x = self.embedding(batch.tokens, batch.is_bos, batch.positions, batch.is_item, batch.item_codes,
+                           batch.item_pids)
         keys, values = [], []
         for layer in self.decoder.layers:
             a, k, v = layer.self_attention.full(layer.input_layernorm(x), batch.attention_mask)

@@ -38,6 +38,7 @@ def expected_shapes(arch: ModelArch) -> dict[str, tuple[int, ...]]:
         "embedding.codes.weight": (V, h),
         "embedding.bos": (h,),
         "embedding.positions.weight": (arch.max_positions, h),
+        **item_table_shapes(arch),
         "decoder.final_layernorm.weight": (h,),
         "decoder.final_layernorm.bias": (h,),
     }
@@ -56,6 +57,17 @@ def expected_shapes(arch: ModelArch) -> dict[str, tuple[int, ...]]:
     else:
         for level, c in enumerate(arch.codebook_sizes):
             shapes[f"heads.{level}.weight"] = (c, h)
+    return shapes
+
+
+def item_table_shapes(arch: ModelArch) -> dict[str, tuple[int, ...]]:
+    """The ITEM tokens' id and prefix tables (history '+id' / 'prefixn')."""
+    shapes = {}
+    if "id" in arch.item_parts:
+        shapes["embedding.items.weight"] = (arch.num_items, arch.hidden_size)
+    if "prefixn" in arch.item_parts:
+        for h, n in enumerate(arch.prefix_counts):
+            shapes[f"embedding.prefixes.{h}.weight"] = (n, arch.hidden_size)
     return shapes
 
 

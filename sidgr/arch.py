@@ -6,7 +6,19 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 HeadMode = Literal["shared", "per_level"]
-HistoryMode = Literal["codes", "items"]
+# how later tokens see a history item: "codes" (its H code tokens) or one ITEM token composed like the item
+# models' inputs: the sum of its code embeddings (rqsum) or of its prefix embeddings (prefixn), plus an item-id row
+HISTORY_MODES = ("codes", "rqsum", "prefixn", "rqsum+id", "prefixn+id")
+
+
+def item_parts(history: str) -> tuple[str, ...]:
+    """What an ITEM token sums ('rqsum', 'prefixn', 'id'); () when history items are code tokens."""
+    return () if history == "codes" else tuple(history.split("+"))
+
+
+def needs_item_ids(history: str) -> bool:
+    """Whether ITEM tokens need their items' ids (an id or a prefix table), not only their codes."""
+    return bool({"id", "prefixn"} & set(item_parts(history)))
 
 
 @dataclass(frozen=True)
@@ -19,15 +31,22 @@ class ModelArch:
     max_items: int = 50  # items kept per user (history + target); positions = max_items * (H + 1)
     head_mode: HeadMode = "shared"
     layernorm_epsilon: float = 1e-5
-    history: HistoryMode = "codes"  # how later tokens see a history item: its code tokens, or one ITEM token
+    history: str = "codes"  # one of HISTORY_MODES
+    num_items: int = 0  # rows of the item-id table (history '+id')
+    prefix_counts: tuple[int, ...] = ()  # rows of the prefix tables, prefix lengths 1..H (history 'prefixn')
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "codebook_sizes", tuple(int(c) for c in self.codebook_sizes))
+        object.__setattr__(self, "prefix_counts", tuple(int(c) for c in self.prefix_counts))
         if self.head_mode not in ("shared", "per_level"):
             raise ValueError(f"head_mode={self.head_mode!r}: expected 'shared' or 'per_level'")
-        if self.history not in ("codes", "items"):
-            raise ValueError(f"history={self.history!r}: expected 'codes' or 'items'")
+        if self.history not in HISTORY_MODES:
+            raise ValueError(f"history={self.history!r}: expected one of {HISTORY_MODES}")
+        if "id" in self.item_parts and self.num_items < 1:
+            raise ValueError(f"history={self.history!r} needs num_items (got {self.num_items})")
+        if "prefixn" in self.item_parts and len(self.prefix_counts) != self.num_levels:
+            raise ValueError(f"history={self.history!r} needs one prefix count per level (got {self.prefix_counts})")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"hidden_size={self.hidden_size} not divisible by num_attention_heads="
                              f"{self.num_attention_heads}")
@@ -35,6 +54,14 @@ class ModelArch:
     @property
     def num_levels(self) -> int:
         return len(self.codebook_sizes)
+
+    @property
+    def item_parts(self) -> tuple[str, ...]:
+        return item_parts(self.history)
+
+    @property
+    def needs_item_ids(self) -> bool:
+        return needs_item_ids(self.history)
 
     @property
     def vocab_size(self) -> int:

@@ -4,12 +4,13 @@ Every item k of a user owns H+1 position slots: slot k*(H+1) for its BOS and k*(
 Whether an item's BOS is actually present depends on the loss mode, but positions never shift, so the same
 item sits at the same positions in training (either mode) and at inference.
 
-How history items are seen (`history`, stored in the arch):
+How history items are seen (`history`, stored in the arch; `sidgr.arch.HISTORY_MODES`):
   "codes": an item is its H code tokens; every later token may attend to them.
-  "items": an item is seen by later items as one ITEM token (the sum of its H code embeddings, in the last slot
-           k*(H+1)+H); the code tokens of an item being predicted (slots 1..H-1: codes 0..H-2, the chain that
-           predicts the next code) are seen only by later tokens of the same item. History then costs one key
-           per item, as in an item-level model, and the generated item is still decoded code by code.
+  other:   an item is seen by later items as one ITEM token in its last slot k*(H+1)+H (the model composes its
+           vector from the item's codes, prefixes or id: 'rqsum', 'prefixn', '+id'); the code tokens of an item
+           being predicted (slots 1..H-1: codes 0..H-2, the chain that predicts the next code) are seen only by
+           later tokens of the same item. History then costs one key per item, as in an item-level model, and
+           the generated item is still decoded code by code.
 
 Loss modes:
   "last": [history(0) … history(n-2), BOS, codes(n-1)]          loss on the last item only
@@ -28,8 +29,6 @@ from typing import Literal
 import torch
 
 LossMode = Literal["last", "all"]
-HistoryMode = Literal["codes", "items"]
-HISTORY_MODES = ("codes", "items")
 IGNORE = -100
 
 
@@ -43,8 +42,9 @@ class TokenBatch:
     labels: torch.Tensor  # [B, S] global code id the token must predict, IGNORE where no loss
     label_levels: torch.Tensor  # [B, S] level of the label (IGNORE where no loss)
     attention_mask: torch.Tensor  # [B, 1, S, S] bool, True = masked out (Megatron's convention)
-    is_item: torch.Tensor  # [B, S] bool: an ITEM token ("items" history)
-    item_codes: torch.Tensor  # [B, S, H] global code ids an ITEM token sums; 0 elsewhere
+    is_item: torch.Tensor  # [B, S] bool: an ITEM token (history other than "codes")
+    item_codes: torch.Tensor  # [B, S, H] an ITEM token's global code ids; 0 elsewhere
+    item_pids: torch.Tensor  # [B, S] an ITEM token's item id (0 when not given or not an ITEM)
     history: torch.Tensor  # [B, S] bool: every later token may attend to this one
 
     @property
@@ -53,22 +53,19 @@ class TokenBatch:
 
     def model_inputs(self) -> tuple[torch.Tensor, ...]:
         """The decoder's forward arguments."""
-        return self.tokens, self.is_bos, self.positions, self.attention_mask, self.is_item, self.item_codes
+        return (self.tokens, self.is_bos, self.positions, self.attention_mask, self.is_item, self.item_codes,
+                self.item_pids)
 
     def to(self, device) -> "TokenBatch":
         return TokenBatch(*(getattr(self, f).to(device, non_blocking=True) for f in TokenBatch.__dataclass_fields__))
 
 
-def check_history_mode(history: str) -> None:
-    if history not in HISTORY_MODES:
-        raise ValueError(f"history={history!r}: expected one of {HISTORY_MODES}")
-
-
 def build_layout(sids: torch.Tensor, code_present: torch.Tensor, bos_present: torch.Tensor,
-                 level_offsets: tuple[int, ...] | list[int], history: HistoryMode = "codes") -> TokenBatch:
-    """sids [B, L, H] per-level codes; code_present [B, L]: the item's codes are known (it is history or a
-    training target); bos_present [B, L]: the item is predicted (BOS, and with "items" its chain codes)."""
-    check_history_mode(history)
+                 level_offsets: tuple[int, ...] | list[int], history: str = "codes",
+                 pids: torch.Tensor | None = None) -> TokenBatch:
+    """sids [B, L, H] per-level codes (pids [B, L] the items' ids, needed by ITEM tokens with id or prefix
+    tables); code_present [B, L]: the item's codes are known (it is history or a training target); bos_present
+    [B, L]: the item is predicted (BOS, and with ITEM tokens its chain codes)."""
     B, L, H = sids.shape
     offsets = torch.as_tensor(list(level_offsets), dtype=torch.int64)
     glob = sids.to(torch.int64) + offsets  # [B, L, H]
@@ -116,12 +113,15 @@ def build_layout(sids: torch.Tensor, code_present: torch.Tensor, bos_present: to
     label_levels = compact(slot_label_level, IGNORE)
     is_item = compact(slot_is_item, False)
     item_codes = compact(glob.unsqueeze(2).expand(B, L, H + 1, H) * slot_is_item.unsqueeze(3), 0)
+    item_pids = torch.zeros(B, S, dtype=torch.int64)
+    if pids is not None:
+        item_pids = compact(pids.to(torch.int64).clamp(min=0).unsqueeze(2) * slot_is_item, 0)
     hist = compact(slot_history, False)
     valid = torch.arange(S).unsqueeze(0) < lengths.unsqueeze(1)
     hist &= valid
     attention_mask = ~visible_keys(hist, is_bos, item_index, valid).unsqueeze(1)
     return TokenBatch(tokens, is_bos, valid, positions, item_index, labels, label_levels, attention_mask,
-                      is_item, item_codes, hist)
+                      is_item, item_codes, item_pids, hist)
 
 
 def visible_keys(history: torch.Tensor, is_bos: torch.Tensor, item_index: torch.Tensor,
@@ -139,8 +139,9 @@ def visible_keys(history: torch.Tensor, is_bos: torch.Tensor, item_index: torch.
 
 
 def training_layout(sids: torch.Tensor, lengths: torch.Tensor, loss_mode: LossMode,
-                    level_offsets, history: HistoryMode = "codes") -> TokenBatch:
-    """sids [B, L, H] right-padded items, lengths [B] items per user (>= 2)."""
+                    level_offsets, history: str = "codes", pids: torch.Tensor | None = None) -> TokenBatch:
+    """sids [B, L, H] right-padded items (pids [B, L] their ids, see build_layout), lengths [B] items per user
+    (>= 2)."""
     L = sids.shape[1]
     k = torch.arange(L).unsqueeze(0)
     n = lengths.unsqueeze(1)
@@ -151,18 +152,20 @@ def training_layout(sids: torch.Tensor, lengths: torch.Tensor, loss_mode: LossMo
         bos_present = (k >= 1) & (k < n)
     else:
         raise ValueError(f"loss_mode={loss_mode!r}: expected 'last' or 'all'")
-    return build_layout(sids, code_present, bos_present, level_offsets, history)
+    return build_layout(sids, code_present, bos_present, level_offsets, history, pids)
 
 
 def prefill_layout(sids: torch.Tensor, lengths: torch.Tensor, level_offsets,
-                   history: HistoryMode = "codes") -> TokenBatch:
+                   history: str = "codes", pids: torch.Tensor | None = None) -> TokenBatch:
     """History [B, L, H] with lengths [B] -> tokens [history(0) … history(n-1), BOS]; the BOS is the last valid
     token."""
     B, L, H = sids.shape
     padded = torch.cat([sids, torch.zeros(B, 1, H, dtype=sids.dtype)], dim=1)
     k = torch.arange(L + 1).unsqueeze(0)
     n = lengths.unsqueeze(1)
-    return build_layout(padded, k < n, k == n, level_offsets, history)
+    if pids is not None:
+        pids = torch.cat([pids, torch.zeros(B, 1, dtype=pids.dtype)], dim=1)
+    return build_layout(padded, k < n, k == n, level_offsets, history, pids)
 
 
 def decode_position(lengths: torch.Tensor, level: int, num_levels: int) -> torch.Tensor:

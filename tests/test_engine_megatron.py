@@ -5,7 +5,7 @@ trained model's likelihood: exact and beam scores equal minus the training loss 
 import pytest
 import torch
 
-from engine_megatron_worker import SIZES, VARIANTS, make_batch, variant_name
+from engine_megatron_worker import SIZES, VARIANTS, batch_pids, make_batch, variant_name
 from launch import run_torchrun
 
 pytestmark = [pytest.mark.dist, pytest.mark.slow]
@@ -35,7 +35,7 @@ def check_scores_are_training_likelihood(engine_dir, sids, lengths, ref):
 @pytest.mark.parametrize("tp", [1, 2])
 def test_engine_logits_equal_megatron(tmp_path, tp):
     from sidgr.inference.export import export_checkpoint
-    from sidgr.inference.model import EngineModel
+    from sidgr.inference.engine import Engine
     from sidgr.inference.weights import load_engine
     from sidgr.token_layout import training_layout
 
@@ -48,10 +48,10 @@ def test_engine_logits_equal_megatron(tmp_path, tp):
         export_checkpoint(tmp_path / name / "checkpoints" / "iter_0000001", tmp_path / f"engine_{name}")
         files = load_engine(tmp_path / f"engine_{name}")
         assert (files.arch.head_mode, files.arch.history) == (head_mode, history)
-        model = EngineModel.from_state_dict(files.arch, files.state_dict)
+        model = Engine(files).model
         ref = torch.load(tmp_path / f"{name}.pt")
         check_scores_are_training_likelihood(tmp_path / f"engine_{name}", sids, lengths, ref)
-        tb = training_layout(sids, lengths, "last", files.arch.level_offsets, history)
+        tb = training_layout(sids, lengths, "last", files.arch.level_offsets, history, batch_pids(sids))
         with torch.no_grad():
             hidden = model(tb)
         valid = tb.valid.reshape(-1)

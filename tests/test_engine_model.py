@@ -8,6 +8,7 @@ from sidgr.arch import ModelArch
 from sidgr.errors import InputError
 from sidgr.token_layout import decode_position, prefill_layout, training_layout
 from sidgr.sid.mapping import SIDMapping
+from sidgr.sid.prefix_index import PrefixIndex
 from sidgr.inference.kv_cache import BeamCache
 from sidgr.inference.model import EngineModel
 from sidgr.inference.random_engine import random_mapping, random_state_dict
@@ -16,13 +17,18 @@ from sidgr.inference.weights import load_engine, save_engine
 SIZES = (6, 5, 7)
 
 
+CATALOG = random_mapping(40, list(SIZES), seed=2)
+
+
 def make_model(head_mode, seed=0, history="codes"):
+    index = PrefixIndex.build(CATALOG)
     arch = ModelArch(codebook_sizes=SIZES, hidden_size=32, num_layers=2, num_attention_heads=4,
-                     ffn_hidden_size=64, max_items=8, head_mode=head_mode, history=history)
-    return EngineModel.from_state_dict(arch, random_state_dict(arch, seed))
+                     ffn_hidden_size=64, max_items=8, head_mode=head_mode, history=history,
+                     num_items=CATALOG.num_items, prefix_counts=index.prefix_counts)
+    return EngineModel.from_state_dict(arch, random_state_dict(arch, seed), index.prefix_nodes(CATALOG.codes))
 
 
-@pytest.mark.parametrize("history", ["codes", "items"])
+@pytest.mark.parametrize("history", ["codes", "rqsum", "prefixn+id", "rqsum+id"])
 @pytest.mark.parametrize("head_mode", ["shared", "per_level"])
 def test_kv_cache_logits_equal_no_cache(head_mode, history):
     model = make_model(head_mode, history=history)
@@ -30,11 +36,13 @@ def test_kv_cache_logits_equal_no_cache(head_mode, history):
     g = torch.Generator().manual_seed(1)
     B, W, L = 3, 5, 6
     lengths = torch.tensor([6, 2, 4])
-    hist = torch.stack([torch.randint(c, (B, L), generator=g) for c in SIZES], dim=2)
+    pids = torch.randint(CATALOG.num_items, (B, L), generator=g)
+    hist = CATALOG.codes[:, pids].permute(1, 2, 0)  # [B, L, H]
     beams = torch.stack([torch.randint(c, (B, W), generator=g) for c in SIZES], dim=2)  # [B, W, H]
 
     # KV cache: prefill once, then teacher-force each beam's codes, one step at a time
-    bos_hidden, hist_cache = model.prefill(prefill_layout(hist, lengths, arch.level_offsets, history), lengths)
+    bos_hidden, hist_cache = model.prefill(prefill_layout(hist, lengths, arch.level_offsets, history, pids),
+                                           lengths)
     kv_logits = [model.level_logits(bos_hidden, 0).unsqueeze(1).expand(B, W, -1)]
     cache = BeamCache()
     for h in range(1, H):
@@ -45,8 +53,9 @@ def test_kv_cache_logits_equal_no_cache(head_mode, history):
     # no cache: the training layout of [history, beam item] for every (user, beam), one forward each
     full = torch.cat([hist.unsqueeze(1).expand(B, W, L, H), torch.zeros(B, W, 1, H, dtype=torch.int64)], 2)
     full[torch.arange(B).unsqueeze(1), torch.arange(W), lengths.unsqueeze(1)] = beams
+    full_pids = torch.cat([pids, torch.zeros(B, 1, dtype=torch.int64)], 1).repeat_interleave(W, 0)
     batch = training_layout(full.reshape(B * W, L + 1, H), (lengths + 1).repeat_interleave(W), "last",
-                            arch.level_offsets, history)
+                            arch.level_offsets, history, full_pids)
     hidden = model(batch).view(B, W, -1, arch.hidden_size)
     per_item = H if history == "codes" else 1  # tokens each history item takes
     for h in range(H):

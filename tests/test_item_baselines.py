@@ -23,11 +23,9 @@ STEPS = "150"
 
 # ---- pure functions (no process group) -------------------------------------------------------------------------
 def test_prefix_node_ids_equal_brute_force():
-    from sidgr.training.item_model import prefix_node_ids
-
     rng = np.random.default_rng(0)
     codes = np.stack([rng.integers(0, 3, 60), rng.integers(0, 4, 60), rng.integers(0, 5, 60)]).astype(np.int64)
-    nodes = prefix_node_ids(PrefixIndex.build(torch.from_numpy(codes), [3, 4, 5]), torch.from_numpy(codes))
+    nodes = PrefixIndex.build(torch.from_numpy(codes), [3, 4, 5]).prefix_nodes(torch.from_numpy(codes))
     for depth in range(1, 4):
         prefixes = [tuple(codes[:depth, i]) for i in range(codes.shape[1])]
         rank = {p: r for r, p in enumerate(sorted(set(prefixes)))}

@@ -88,7 +88,7 @@ def test_prefill_ends_with_bos_at_the_next_items_slot():
 
 # ---- "items" history: one ITEM token per history item, chain codes private to their item --------------------
 def test_items_history_last_mode_layout():
-    tb = training_layout(SIDS, LENS, "last", OFFSETS, "items")
+    tb = training_layout(SIDS, LENS, "last", OFFSETS, "rqsum")
     # user 0: ITEM(0), ITEM(1), BOS, codes 0..H-2 of item 2, ITEM(2)
     assert tb.is_item[0].nonzero().flatten().tolist() == [0, 1, 5]
     assert tb.item_codes[0, 0].tolist() == [1, 12, 23]
@@ -104,7 +104,7 @@ def test_items_history_last_mode_layout():
 
 
 def test_items_history_chain_codes_are_seen_only_by_their_own_item():
-    tb = training_layout(SIDS, LENS, "all", OFFSETS, "items")
+    tb = training_layout(SIDS, LENS, "all", OFFSETS, "rqsum")
     visible = ~tb.attention_mask[0, 0]
     # [ITEM0, BOS1, c1_0, c1_1, ITEM1, BOS2, c2_0, c2_1, ITEM2]
     assert tb.is_item[0].nonzero().flatten().tolist() == [0, 4, 8]
@@ -124,7 +124,7 @@ def reachable(tb) -> torch.Tensor:
     return r.bool()
 
 
-@pytest.mark.parametrize("history", ["codes", "items"])
+@pytest.mark.parametrize("history", ["codes", "rqsum"])
 def test_all_mode_predicts_each_item_as_last_mode_does(history):
     """Every labelled token of item 2 in 'all' mode depends on exactly what 'last' mode's corresponding token
     depends on (the transitive closure of attention: what it sees, what those saw, …)."""
@@ -143,7 +143,7 @@ def test_all_mode_predicts_each_item_as_last_mode_does(history):
 
 
 def test_items_prefill_is_one_item_token_per_history_item_then_bos():
-    tb = prefill_layout(SIDS, LENS, OFFSETS, "items")
+    tb = prefill_layout(SIDS, LENS, OFFSETS, "rqsum")
     assert tb.valid.sum(1).tolist() == [4, 3]
     assert tb.is_item[0].tolist() == [True, True, True, False]
     assert tb.is_bos[1].tolist() == [False, False, True, False]

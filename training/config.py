@@ -15,7 +15,7 @@ from typing import Literal
 
 import gin
 
-from sidgr.arch import ModelArch
+from sidgr.arch import ModelArch, needs_item_ids
 from sidgr.errors import input_error
 
 
@@ -48,9 +48,10 @@ class ModelConfig:
     # engine alike); per_level: one head per level
     head_mode: Literal["shared", "per_level"] = "shared"
     loss_mode: Literal["last", "all"] = "all"
-    # how later tokens see a history item (sidgr/token_layout.py): its H code tokens, or one ITEM token (the sum
-    # of its code embeddings) while the predicted item is still decoded code by code
-    history: Literal["codes", "items"] = "codes"
+    # how later tokens see a history item (sidgr/token_layout.py): its H code tokens ('codes'), or one ITEM token
+    # while the predicted item is still decoded code by code; the ITEM token sums its code rows ('rqsum') or its
+    # prefix rows ('prefixn'), optionally plus an item-id row ('rqsum+id', 'prefixn+id': needs unique SIDs)
+    history: Literal["codes", "rqsum", "prefixn", "rqsum+id", "prefixn+id"] = "codes"
     codebook_sizes: tuple = ()  # () = take them from the SID mapping; else must match it
     dropout: float = 0.1  # embedding, attention and hidden dropout
     layernorm_epsilon: float = 1e-5
@@ -83,11 +84,18 @@ class ParallelConfig:
     overlap_grad_reduce: bool = False
 
 
-def model_arch(model: ModelConfig, codebook_sizes, max_items: int) -> ModelArch:
+def model_arch(model: ModelConfig, codebook_sizes, max_items: int, mapping=None) -> ModelArch:
+    """The architecture record; `mapping` (a SIDMapping) sizes the item-id and prefix tables of ITEM tokens."""
+    tables = {}
+    if needs_item_ids(model.history):
+        from sidgr.sid.prefix_index import PrefixIndex
+        if mapping is None:
+            raise ValueError(f"history={model.history!r} needs the SID mapping to size its tables")
+        tables = {"num_items": mapping.num_items, "prefix_counts": PrefixIndex.build(mapping).prefix_counts}
     return ModelArch(codebook_sizes=tuple(codebook_sizes), hidden_size=model.hidden_size,
                      num_layers=model.num_layers, num_attention_heads=model.num_attention_heads,
                      ffn_hidden_size=model.ffn_hidden_size, max_items=max_items, head_mode=model.head_mode,
-                     layernorm_epsilon=model.layernorm_epsilon, history=model.history)
+                     layernorm_epsilon=model.layernorm_epsilon, history=model.history, **tables)
 
 
 BUILT_CONFIGURABLES = ("TrainerConfig", "ModelConfig", "OptimizerConfig", "ParallelConfig", "DataConfig")

@@ -31,26 +31,12 @@ from sidgr.errors import input_error
 from sidgr.token_layout import IGNORE
 from sidgr.sid.mapping import SIDMapping, first_duplicate_items
 from sidgr.sid.prefix_index import PrefixIndex
-from sidgr.training.model import layer_spec, padded_size, transformer_config, vocab_slice_logits
+from sidgr.training.model import PrefixTables, layer_spec, padded_size, transformer_config, vocab_slice_logits
 
 ITEM_INPUTS = ("id", "rqsum", "prefixn", "rqsum+id", "prefixn+id")
 
 
 # ---- the catalog as the model sees it --------------------------------------------------------------------------
-def prefix_node_ids(index: PrefixIndex, codes: torch.Tensor) -> torch.Tensor:
-    """codes [H, N] -> [H, N]: row h is the dense id (at depth h+1 of the trie) of each item's prefix of
-    length h+1. One vectorized trie step per level."""
-    node = torch.zeros(codes.shape[1], dtype=torch.int64)
-    out = []
-    for depth in range(codes.shape[0]):
-        node = index.child(depth, node, codes[depth])
-        out.append(node)
-    nodes = torch.stack(out)
-    if bool((nodes < 0).any()):
-        raise ValueError("an item's prefix is missing from the trie: index and codes disagree")
-    return nodes
-
-
 @dataclass
 class ItemCatalog:
     """What the item model needs from the SID mapping: codes, prefix node ids and the SID -> item lookup."""
@@ -68,9 +54,8 @@ class ItemCatalog:
             raise input_error(mapping.source, f"items {dup[0]} and {dup[1]}", mapping.codes[:, dup[0]].tolist(),
                               "share a SID: item-level models need unique SIDs (add a de-duplication level)")
         index = PrefixIndex.build(mapping)
-        counts = tuple(index.num_nodes(d) for d in range(1, mapping.num_levels + 1))
         return cls(mapping.codes, tuple(int(c) for c in mapping.codebook_sizes),
-                   prefix_node_ids(index, mapping.codes), counts, index)
+                   index.prefix_nodes(mapping.codes), index.prefix_counts, index)
 
     @property
     def num_items(self) -> int:
@@ -160,20 +145,6 @@ def history_layout(pids: torch.Tensor, lengths: torch.Tensor) -> ItemBatch:
 
 
 # ---- the model -----------------------------------------------------------------------------------------------
-class PrefixTables(MegatronModule):
-    """One vocab-parallel table per prefix length; children named '0', '1', … (keys `prefixes.{h}.weight`)."""
-
-    def __init__(self, config: TransformerConfig, sizes_padded: list[int], hidden: int):
-        super().__init__(config)
-        for h, size in enumerate(sizes_padded):
-            self.add_module(str(h), tensor_parallel.VocabParallelEmbedding(
-                num_embeddings=size, embedding_dim=hidden, init_method=config.init_method, config=config))
-
-    def forward(self, nodes: torch.Tensor) -> torch.Tensor:
-        """nodes [..., H] -> sum over h of table h's rows [..., hidden]."""
-        return sum(getattr(self, str(h))(nodes[..., h]) for h in range(nodes.shape[-1]))
-
-
 class ItemEmbedding(MegatronModule):
     def __init__(self, config: TransformerConfig, arch: ModelArch, catalog: ItemCatalog, item_input: str,
                  pad_multiple: int):

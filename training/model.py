@@ -1,6 +1,6 @@
 """The SID-GR decoder built with Megatron-Core.
 
-Input embedding = (shared code table `embedding.codes`, rows offset by level; an ITEM token sums its codes' rows |
+Input embedding = (shared code table `embedding.codes`, rows offset by level | an ITEM token, see SIDEmbedding |
 learned `embedding.bos`) + learned absolute position `embedding.positions`, then dropout. Decoder: a Megatron `TransformerBlock` from a layer spec
 (local spec on CPU, Transformer Engine spec on GPU when installed) with a final LayerNorm. Heads: vocab-parallel
 `ColumnParallelLinear`s without bias, `heads.0` over all levels' codes ('shared') or `heads.{h}` per level.
@@ -64,14 +64,40 @@ def layer_spec():
     return spec
 
 
-class SIDEmbedding(MegatronModule):
-    """Code tokens from one vocab-parallel table (rows offset by level), a learned BOS vector, learned positions."""
+class PrefixTables(MegatronModule):
+    """One vocab-parallel table per prefix length; children named '0', '1', … (keys `prefixes.{h}.weight`)."""
 
-    def __init__(self, config: TransformerConfig, arch: ModelArch, vocab_padded: int):
+    def __init__(self, config: TransformerConfig, sizes_padded: list[int], hidden: int):
         super().__init__(config)
+        for h, size in enumerate(sizes_padded):
+            self.add_module(str(h), tensor_parallel.VocabParallelEmbedding(
+                num_embeddings=size, embedding_dim=hidden, init_method=config.init_method, config=config))
+
+    def forward(self, nodes: torch.Tensor) -> torch.Tensor:
+        """nodes [..., H] -> sum over h of table h's rows [..., hidden]."""
+        return sum(getattr(self, str(h))(nodes[..., h]) for h in range(nodes.shape[-1]))
+
+
+class SIDEmbedding(MegatronModule):
+    """Code tokens from one vocab-parallel table (rows offset by level), a learned BOS vector, learned positions;
+    ITEM tokens (history other than 'codes') sum their parts: the codes' rows ('rqsum'), one row per prefix
+    length (`prefixes.{h}`, indexed by the prefix's trie node: 'prefixn'), an item-id row (`items`: '+id')."""
+
+    def __init__(self, config: TransformerConfig, arch: ModelArch, vocab_padded: int,
+                 prefix_nodes: torch.Tensor | None, pad_multiple: int):
+        super().__init__(config)
+        tp, hidden = config.tensor_model_parallel_size, arch.hidden_size
+        self.parts = arch.item_parts
         self.codes = tensor_parallel.VocabParallelEmbedding(
-            num_embeddings=vocab_padded, embedding_dim=arch.hidden_size, init_method=config.init_method,
-            config=config)
+            num_embeddings=vocab_padded, embedding_dim=hidden, init_method=config.init_method, config=config)
+        if "id" in self.parts:
+            self.items = tensor_parallel.VocabParallelEmbedding(
+                num_embeddings=padded_size(arch.num_items, pad_multiple, tp), embedding_dim=hidden,
+                init_method=config.init_method, config=config)
+        if "prefixn" in self.parts:
+            self.prefixes = PrefixTables(config, [padded_size(n, pad_multiple, tp) for n in arch.prefix_counts],
+                                         hidden)
+            self.register_buffer("item_prefixes", prefix_nodes.t().contiguous(), persistent=False)
         self.bos = torch.nn.Parameter(torch.empty(arch.hidden_size, dtype=config.params_dtype))
         self.positions = torch.nn.Embedding(arch.max_positions, arch.hidden_size, dtype=config.params_dtype)
         with torch.no_grad():
@@ -79,12 +105,22 @@ class SIDEmbedding(MegatronModule):
             config.init_method(self.positions.weight)
         self.dropout = torch.nn.Dropout(config.hidden_dropout)
 
-    def forward(self, tokens, is_bos, positions, is_item, item_codes) -> torch.Tensor:
-        """[B, S] -> [S, B, hidden] (Megatron's sequence-first layout). An ITEM token is the sum of its codes'
-        rows (item_codes [B, S, H])."""
+    def item_vectors(self, item_codes: torch.Tensor, item_pids: torch.Tensor) -> torch.Tensor:
+        """item_codes [B, S, H] global code ids, item_pids [B, S] -> ITEM vectors [B, S, hidden]."""
+        x = 0
+        if "rqsum" in self.parts:
+            x = x + self.codes(item_codes).sum(-2)
+        if "prefixn" in self.parts:
+            x = x + self.prefixes(self.item_prefixes[item_pids])
+        if "id" in self.parts:
+            x = x + self.items(item_pids)
+        return x
+
+    def forward(self, tokens, is_bos, positions, is_item, item_codes, item_pids) -> torch.Tensor:
+        """[B, S] -> [S, B, hidden] (Megatron's sequence-first layout)."""
         x = self.codes(tokens)
-        if item_codes.shape[-1] and bool(is_item.any()):
-            x = torch.where(is_item.unsqueeze(-1), self.codes(item_codes).sum(-2), x)
+        if self.parts:
+            x = torch.where(is_item.unsqueeze(-1), self.item_vectors(item_codes, item_pids), x)
         x = torch.where(is_bos.unsqueeze(-1), self.bos.to(x.dtype), x) + self.positions(positions)
         return self.dropout(x.transpose(0, 1).contiguous())
 
@@ -111,23 +147,24 @@ class SIDGRModel(MegatronModule):
     head_logits(h, hidden) -> this TP rank's slice of head h's logits. The engine (`inference/model.py`) is the
     same math without Megatron."""
 
-    def __init__(self, config: TransformerConfig, arch: ModelArch, vocab_pad_multiple: int = 8):
+    def __init__(self, config: TransformerConfig, arch: ModelArch, vocab_pad_multiple: int = 8,
+                 prefix_nodes: torch.Tensor | None = None):
         super().__init__(config)
         self.arch = arch
         tp = config.tensor_model_parallel_size
         self.vocab_padded = padded_size(arch.vocab_size, vocab_pad_multiple, tp)
         real = [arch.vocab_size] if arch.head_mode == "shared" else list(arch.codebook_sizes)
         self.head_sizes = real  # real (unpadded) output size of each head
-        self.embedding = SIDEmbedding(config, arch, self.vocab_padded)
+        self.embedding = SIDEmbedding(config, arch, self.vocab_padded, prefix_nodes, vocab_pad_multiple)
         self.decoder = TransformerBlock(config, layer_spec(), post_layer_norm=True)
         self.heads = OutputHeads(config, arch, [padded_size(n, vocab_pad_multiple, tp) for n in real])
 
     def set_input_tensor(self, input_tensor):  # pipeline-parallel hook Megatron's schedules call
         self.decoder.set_input_tensor(input_tensor)
 
-    def forward(self, tokens, is_bos, positions, attention_mask, is_item, item_codes) -> torch.Tensor:
+    def forward(self, tokens, is_bos, positions, attention_mask, is_item, item_codes, item_pids) -> torch.Tensor:
         """Final hidden states [S, B, hidden]."""
-        x = self.embedding(tokens, is_bos, positions, is_item, item_codes)
+        x = self.embedding(tokens, is_bos, positions, is_item, item_codes, item_pids)
         return self.decoder(hidden_states=x, attention_mask=attention_mask)
 
     def head_logits(self, h: int, hidden: torch.Tensor) -> torch.Tensor:
@@ -149,7 +186,9 @@ def vocab_slice_logits(head: tensor_parallel.ColumnParallelLinear, hidden: torch
     return logits
 
 
-def build_model(model_cfg: ModelConfig, arch: ModelArch, tp: int, device: torch.device) -> SIDGRModel:
+def build_model(model_cfg: ModelConfig, arch: ModelArch, tp: int, device: torch.device,
+                prefix_nodes: torch.Tensor | None = None) -> SIDGRModel:
+    """prefix_nodes [H, N]: the catalog's prefix node ids (`PrefixIndex.prefix_nodes`), for history 'prefixn'."""
     config = transformer_config(model_cfg, arch, tp)
-    model = SIDGRModel(config, arch, model_cfg.vocab_pad_multiple)
+    model = SIDGRModel(config, arch, model_cfg.vocab_pad_multiple, prefix_nodes)
     return model.to(device)

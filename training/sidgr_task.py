@@ -8,20 +8,22 @@ from sidgr.token_layout import IGNORE, TokenBatch, training_layout
 from sidgr.training.loss import token_losses
 
 
-def layout_for(batch, loss_mode: str, arch: ModelArch, device) -> TokenBatch:
-    """A loader `Batch` -> the decoder's TokenBatch on `device`."""
-    tb = training_layout(batch.sids, batch.lengths, loss_mode, arch.level_offsets, arch.history)
+def layout_for(batch, loss_mode: str, arch: ModelArch, device, catalog=None) -> TokenBatch:
+    """A loader `Batch` -> the decoder's TokenBatch on `device` (`catalog`, an ItemCatalog, gives the item ids
+    that ITEM tokens with id or prefix tables need)."""
+    pids = catalog.sids_to_pids(batch.sids, batch.lengths) if arch.needs_item_ids else None
+    tb = training_layout(batch.sids, batch.lengths, loss_mode, arch.level_offsets, arch.history, pids)
     if tb.tokens.shape[1] == 0:  # a DP rank whose rows are all padding still joins the collectives
         B = tb.tokens.shape[0]
         z = torch.zeros(B, 1, dtype=torch.int64)
         tb = TokenBatch(z, z.bool(), z.bool(), z, z - 1, z + IGNORE, z + IGNORE,
                         torch.zeros(B, 1, 1, 1, dtype=torch.bool), z.bool(),
-                        torch.zeros(B, 1, arch.num_levels, dtype=torch.int64), z.bool())
+                        torch.zeros(B, 1, arch.num_levels, dtype=torch.int64), z, z.bool())
     return tb.to(device)
 
 
 @torch.no_grad()
-def validation_loss(ddp, model, loader, arch: ModelArch, device, max_batches: int) -> dict:
+def validation_loss(ddp, model, loader, arch: ModelArch, device, max_batches: int, catalog=None) -> dict:
     """Validation token-mean cross-entropy of the target item ('last' mode: history + BOS + target codes).
     Retrieval metrics of SID-GR checkpoints come from the engine (export -> retrieve -> evaluate)."""
     from sidgr.training.dist import all_reduce_dp
@@ -31,7 +33,7 @@ def validation_loss(ddp, model, loader, arch: ModelArch, device, max_batches: in
     for i, batch in enumerate(loader):
         if max_batches and i >= max_batches:
             break
-        tb = layout_for(batch, "last", arch, device)
+        tb = layout_for(batch, "last", arch, device, catalog)
         losses = token_losses(model, ddp(*tb.model_inputs()), tb).losses
         total += torch.stack([losses.double().sum(), torch.tensor(float(losses.numel()), device=device,
                                                                   dtype=torch.float64)])
@@ -43,20 +45,26 @@ def validation_loss(ddp, model, loader, arch: ModelArch, device, max_batches: in
 class SIDGRTask:
     """The SID-GR family (see `training/task.py` for the protocol)."""
 
-    def __init__(self):
+    def __init__(self, mapping):
+        self.mapping = mapping
+        self.catalog = None  # ItemCatalog, when ITEM tokens need item ids
         self.arch_: ModelArch | None = None
         self.valid_loader = None
 
     def arch(self, arch: ModelArch) -> ModelArch:
         self.arch_ = arch
+        if arch.needs_item_ids:
+            from sidgr.training.item_model import ItemCatalog
+            self.catalog = ItemCatalog.from_mapping(self.mapping)
         return arch
 
     def build(self, model_cfg, arch: ModelArch, tp: int, device):
         from sidgr.training.model import build_model
-        return build_model(model_cfg, arch, tp, device)
+        nodes = self.catalog.prefix_nodes if "prefixn" in arch.item_parts else None
+        return build_model(model_cfg, arch, tp, device, nodes)
 
     def batch(self, batch, loss_mode: str, device) -> TokenBatch:
-        return layout_for(batch, loss_mode, self.arch_, device)
+        return layout_for(batch, loss_mode, self.arch_, device, self.catalog)
 
     token_losses = staticmethod(token_losses)
 
@@ -70,4 +78,4 @@ class SIDGRTask:
     def validate(self, ddp, model, device, max_batches: int) -> dict:
         if self.valid_loader is None:
             return {}
-        return validation_loss(ddp, model, self.valid_loader, self.arch_, device, max_batches)
+        return validation_loss(ddp, model, self.valid_loader, self.arch_, device, max_batches, self.catalog)

@@ -40,7 +40,7 @@ def make_task(model_cfg, mapping: SIDMapping) -> Task:
         from sidgr.training.item_task import ItemTask
         return ItemTask(mapping, model_cfg.item_input)
     from sidgr.training.sidgr_task import SIDGRTask
-    return SIDGRTask()
+    return SIDGRTask(mapping)
 
 
 def config_codebook_sizes(model_cfg, mapping: SIDMapping) -> tuple[int, ...]:
@@ -67,5 +67,5 @@ def preflight(cfgs: dict) -> tuple[SIDMapping, Task, ModelArch]:
             raise input_error(path, f"DataConfig.{field_name}", path, "file does not exist")
     mapping = SIDMapping.load(dcfg.mapping_path)
     task = make_task(mcfg, mapping)
-    arch = task.arch(model_arch(mcfg, config_codebook_sizes(mcfg, mapping), dcfg.max_items))
+    arch = task.arch(model_arch(mcfg, config_codebook_sizes(mcfg, mapping), dcfg.max_items, mapping))
     return mapping, task, arch

@@ -83,6 +83,24 @@ class PrefixIndex:
         hit &= keys[pos.clamp(max=keys.numel() - 1)] == query       # a code of the next parent
         return torch.where(hit, pos, torch.full_like(pos, -1))
 
+    @property
+    def prefix_counts(self) -> tuple[int, ...]:
+        """Distinct prefixes of length 1..H."""
+        return tuple(self.num_nodes(d) for d in range(1, self.num_levels + 1))
+
+    def prefix_nodes(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [H, N] (catalog SIDs) -> [H, N]: row h is the node id (at depth h+1) of each item's prefix of
+        length h+1. One vectorized trie step per level."""
+        node = torch.zeros(codes.shape[1], dtype=torch.int64)
+        out = []
+        for depth in range(codes.shape[0]):
+            node = self.child(depth, node, codes[depth])
+            out.append(node)
+        nodes = torch.stack(out)
+        if bool((nodes < 0).any()):
+            raise ValueError("an item's prefix is missing from the trie: index and codes disagree")
+        return nodes
+
     def lookup(self, sids: torch.Tensor) -> torch.Tensor:
         """[B, H] SIDs -> [B] leaf ids (-1 where the SID is not in the catalog)."""
         node = torch.zeros(sids.shape[0], dtype=torch.int64)

@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 
 SIZES = (6, 5, 7)  # vocab 18: padded to 24 by the trainer (pad multiple 8), stripped by export
-VARIANTS = (("shared", "codes"), ("per_level", "codes"), ("shared", "items"))  # (head_mode, history)
+VARIANTS = (("shared", "codes"), ("per_level", "codes"), ("shared", "rqsum"), ("per_level", "prefixn+id"))
+# (head_mode, history); the catalog is the batch itself: item b * L + l is row b's item l (SIDs unique)
 
 
 def make_batch(seed=0):
@@ -20,6 +21,11 @@ def make_batch(seed=0):
     B, L = 3, 4
     sids = torch.stack([torch.randint(c, (B, L), generator=g) for c in SIZES], dim=2)
     return sids, torch.tensor([4, 2, 3])
+
+
+def batch_pids(sids) -> torch.Tensor:
+    B, L = sids.shape[:2]
+    return torch.arange(B * L).view(B, L)
 
 
 def worker(tp: int, out_dir: str) -> None:
@@ -43,6 +49,8 @@ def build_save_forward(tp: int, head_mode: str, history: str, out: Path, info) -
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
 
+    from sidgr.sid.mapping import SIDMapping
+    from sidgr.sid.prefix_index import PrefixIndex
     from sidgr.token_layout import training_layout
     from sidgr.training.checkpoint import save_checkpoint
     from sidgr.training.config import ModelConfig, OptimizerConfig, ParallelConfig, model_arch
@@ -54,8 +62,10 @@ def build_save_forward(tp: int, head_mode: str, history: str, out: Path, info) -
     seed_everything(7)
     mcfg = ModelConfig(hidden_size=32, num_layers=2, num_attention_heads=4, ffn_hidden_size=64,
                        head_mode=head_mode, history=history, dropout=0.0, init_method_std=0.2)
-    arch = model_arch(mcfg, SIZES, max_items=5)
-    model = build_model(mcfg, arch, tp, info.device)
+    mapping = SIDMapping.load(out / "sids.json")
+    arch = model_arch(mcfg, SIZES, max_items=5, mapping=mapping)
+    nodes = PrefixIndex.build(mapping).prefix_nodes(mapping.codes) if "prefixn" in arch.item_parts else None
+    model = build_model(mcfg, arch, tp, info.device, nodes)
     with torch.no_grad():  # non-trivial biases and LayerNorms; same noise on every rank for a given param
         for i, (_, p) in enumerate(sorted(model.named_parameters())):
             p.add_(0.2 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1000 + i)))
@@ -67,7 +77,7 @@ def build_save_forward(tp: int, head_mode: str, history: str, out: Path, info) -
     save_checkpoint(out / name, 1, model, optimizer, scheduler, {}, arch, "", str(out / "sids.json"), 1)
 
     sids, lengths = make_batch()
-    tb = training_layout(sids, lengths, "last", arch.level_offsets, history)
+    tb = training_layout(sids, lengths, "last", arch.level_offsets, history, batch_pids(sids))
     model.eval()
     with torch.no_grad():
         hidden = model(*tb.model_inputs()).transpose(0, 1)  # [B, S, h]
