@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import torch
-from tqdm import tqdm
+from sidgr.logs import progress_bar
 
 from sidgr.data.readers import Candidates, iter_sequence_batches, open_parquet, write_candidates
 from sidgr.data.schemas import CANDIDATES_SCHEMA
@@ -54,7 +54,7 @@ def retrieve_file(engine: Engine, engine_dir, sequences, out, params: RetrievalP
     fail_after, written = int(os.environ.get(FAIL_AFTER_ENV, "-1")), 0
     try:
         batches = iter_sequence_batches(source, params.batch_size)  # validated by the pass above
-        for i, batch in enumerate(tqdm(batches, total=-(-total // params.batch_size), desc="retrieve",
+        for i, batch in enumerate(progress_bar(batches, total=-(-total // params.batch_size), desc="retrieve",
                                        unit="batch", disable=shard.rank > 0)):
             part = parts / f"part-{i:06d}.parquet"
             if not shard.owns(i) or part.exists():

@@ -12,13 +12,12 @@ import argparse
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from sidgr.data.ragged import Ragged
 from sidgr.data.readers import Candidates, check_unique_users, read_num_items, read_sequences, write_candidates
 from sidgr.errors import input_error
 from sidgr.ranking import top_k_unseen
-from sidgr.logs import get_logger
+from sidgr.logs import get_logger, progress_bar
 
 
 def popularity_order(counts: np.ndarray) -> np.ndarray:
@@ -46,7 +45,7 @@ def popularity_candidates(counts: np.ndarray, history: Ragged, k: int, exclude_h
     chunk_users = max(1, min(chunk_users, max_cells // len(prefix)))
     prefix_scores = torch.from_numpy(counts[prefix.numpy()].astype(np.float32))
     items, scores = [], []
-    for start in tqdm(range(0, num_users, chunk_users), desc="popularity", unit="chunk",
+    for start in progress_bar(range(0, num_users, chunk_users), desc="popularity", unit="chunk",
                       disable=num_users <= chunk_users):
         chunk = history.take(np.arange(start, min(num_users, start + chunk_users)))
         lists, values = top_k_unseen(prefix_scores.expand(chunk.num_rows, -1), k, chunk, prefix)

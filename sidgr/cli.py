@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from sidgr.errors import InputError
+from sidgr.logs import quiet_library_warnings
 
 # name -> (module, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sidgr {version('sidgr')}")
         return 0
     command, rest = argv[0], argv[1:]
+    quiet_library_warnings()
     if command not in COMMANDS:
         print(f"sidgr: unknown command {command!r}\n\n{_top_level_help()}", file=sys.stderr)
         return 2

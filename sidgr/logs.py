@@ -7,9 +7,55 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
+import warnings
 
 _CONFIGURED = False
+
+# Megatron-Core's import-time notes about optional GPU libraries: true on every CPU run, printed by every module
+# and every rank. The trainer's launcher says it once instead (training/cli.py).
+LIBRARY_NOISE = ("Transformer Engine and Apex are not installed", "Apex is not installed",
+                 "full scope is deprecated")
+
+
+class _LineStream:
+    """What tqdm writes, as whole lines: a log file gets one status line per refresh, not carriage returns."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        line = text.replace("\r", "").rstrip("\n")
+        if line.strip():
+            self.stream.write(line + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def progress_bar(*args, **kwargs):
+    """A tqdm bar on a terminal; elsewhere (a log file, a pipe) a plain status line every 30 s at most."""
+    from tqdm import tqdm
+
+    stream = kwargs.pop("file", sys.stderr)
+    if not getattr(stream, "isatty", lambda: False)():
+        kwargs.setdefault("mininterval", 30.0)
+        kwargs.setdefault("maxinterval", 120.0)
+        kwargs.setdefault("ncols", 100)
+        stream = _LineStream(stream)
+    return tqdm(*args, file=stream, **kwargs)
+
+
+def quiet_library_warnings() -> None:
+    """Ignore LIBRARY_NOISE here and in every child process (through PYTHONWARNINGS, which torchrun passes on)."""
+    for message in LIBRARY_NOISE:
+        warnings.filterwarnings("ignore", message=re.escape(message), category=UserWarning)
+    entries = [f"ignore:{message}:UserWarning" for message in LIBRARY_NOISE]
+    current = os.environ.get("PYTHONWARNINGS", "")
+    missing = [e for e in entries if e not in current.split(",")]
+    if missing:
+        os.environ["PYTHONWARNINGS"] = ",".join(([current] if current else []) + missing)
 
 
 class RankZeroFilter(logging.Filter):

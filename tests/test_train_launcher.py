@@ -77,3 +77,20 @@ def test_a_workers_error_is_printed_last_below_torchruns_banner(tmp_path):
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("sidgr train: error:") and "bad.parquet" in last, proc.stderr[-3000:]
+
+
+def test_a_two_rank_run_says_once_what_megatron_warns_about_per_module_and_rank(tmp_path):
+    from sidgr.logs import LIBRARY_NOISE
+
+    paths = write_dataset(tmp_path / "data")
+    env = {k: v for k, v in worker_env().items() if k not in ("PYTHONWARNINGS", "OMP_NUM_THREADS")}
+    proc = subprocess.run([sys.executable, "-m", "sidgr.cli", "train", "--nproc", "2", "--config",
+                           "configs/tiny_ci.gin", f'TrainerConfig.run_dir="{tmp_path / "run"}"',
+                           "TrainerConfig.train_steps=2", *data_overrides(paths)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for noise in LIBRARY_NOISE:
+        assert noise not in proc.stderr
+    assert "OMP_NUM_THREADS" not in proc.stderr  # torchrun's banner: the launcher sets the threads itself
+    assert "reinit" not in proc.stderr  # wandb's deprecation warning
+    assert proc.stderr.count("not installed: Megatron-Core uses its local torch implementations") == 1

@@ -41,7 +41,21 @@ def run(args: argparse.Namespace) -> int:
     check_start(cfgs["trainer"].run_dir, args.resume)
     take_lock(cfgs["trainer"].run_dir)  # this launcher's pid: it lives exactly as long as the job
     os.environ.setdefault("WANDB_MODE", "offline")
+    if args.nproc > 1:  # torchrun would set 1 and print a banner about it; share the cores between the ranks
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.nproc)))
+    note_missing_gpu_libraries()
     return run_torchrun(torchrun_command(args))
+
+
+def note_missing_gpu_libraries() -> None:
+    """One line instead of Megatron's per-module, per-rank warnings (silenced by sidgr.logs)."""
+    import importlib.util
+
+    from sidgr.logs import get_logger
+    missing = [m for m in ("transformer_engine", "apex") if importlib.util.find_spec(m) is None]
+    if missing:
+        get_logger("sidgr.train").info(f"{' and '.join(missing)} not installed: Megatron-Core uses its local "
+                                       "torch implementations (expected on CPU)")
 
 
 ERROR_MARK = "sidgr train: error:"

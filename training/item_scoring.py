@@ -21,7 +21,7 @@ from pathlib import Path
 
 
 from sidgr.errors import InputError, input_error
-from sidgr.logs import get_logger
+from sidgr.logs import get_logger, progress_bar
 
 
 def resolve_checkpoint(path) -> Path:
@@ -88,7 +88,6 @@ def load_weights(model, ckpt: Path) -> None:
 def score_file(model, queries, out, keep: int, k: int, batch_size: int, device, write: bool,
                exclude_history: bool = True) -> dict:
     """Rank the whole catalog for every user of `queries` -> candidates parquet `out`."""
-    from tqdm import tqdm
 
     from sidgr.data.readers import Candidates, CandidatesWriter, iter_sequence_batches, open_parquet
     from sidgr.training.item_task import item_logits_for, rank_items
@@ -96,7 +95,7 @@ def score_file(model, queries, out, keep: int, k: int, batch_size: int, device, 
     total = open_parquet(queries, ["user_id", "item_ids"]).metadata.num_rows
     users_done, empty = 0, 0
     with (CandidatesWriter(out) if write else contextlib.nullcontext()) as writer:
-        bar = tqdm(total=total, desc="score", unit="user", disable=not write)
+        bar = progress_bar(total=total, desc="score", unit="user", disable=not write)
         for batch in iter_sequence_batches(queries, batch_size, num_items=model.num_items):
             logits = item_logits_for(model, model, batch.items, keep, device)
             items, scores = rank_items(logits, batch.items, k, exclude_history)

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from sidgr.io import atomic_path
+from sidgr.logs import get_logger
 
 
 def strict_json(record: dict) -> str:
@@ -79,7 +80,9 @@ class WandbRun:
         if enabled and mode != "disabled":
             import wandb
             self.run = wandb.init(project=project, dir=str(run_dir), mode=mode, config=config,
-                                  name=run_dir.name, reinit=True)
+                                  name=run_dir.name, reinit="finish_previous",
+                                  settings=wandb.Settings(silent=True))
+            get_logger("sidgr.train").info(f"wandb {mode} run: {self.run.dir}")
 
     def log(self, record: dict) -> None:
         if self.run is not None:

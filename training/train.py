@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from sidgr.errors import input_error
-from sidgr.logs import get_logger
+from sidgr.logs import get_logger, progress_bar
 
 log = get_logger("sidgr.train")
 
@@ -58,8 +58,6 @@ def run(cfgs: dict, resume: bool) -> dict:
     if under_torchrun():
         die_with_parent()  # a killed launcher never leaves this worker training on its own
     check_start(tcfg.run_dir, resume)
-
-    from tqdm import tqdm
 
     from sidgr.training.run_log import MetricsLog, Throughput, WandbRun, peak_memory_mb
     from sidgr.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
@@ -115,7 +113,7 @@ def run(cfgs: dict, resume: bool) -> dict:
             metrics.flush()
             log.info(f"step {at} " + " ".join(f"{k} {v:.4f}" for k, v in rec.items() if k != "step"))
 
-        bar = tqdm(total=tcfg.train_steps, initial=step, disable=not (rank0 and tcfg.progress),
+        bar = progress_bar(total=tcfg.train_steps, initial=step, disable=not (rank0 and tcfg.progress),
                    dynamic_ncols=True, desc="train")
         batches = iter(train_loader)
         last = {}

@@ -19,7 +19,7 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from tqdm import tqdm
+from sidgr.logs import progress_bar
 
 from sidgr.data.ragged import Ragged
 from sidgr.data.schemas import ITEMS_SCHEMA, USERS_SCHEMA
@@ -85,7 +85,7 @@ def write_embeddings(cfg: SynthConfig, clusters: np.ndarray, path: Path, progres
     centers = cluster_centers(cfg)
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(cfg.items, cfg.dim))
     starts = range(0, cfg.items, ITEM_CHUNK)
-    for i, start in enumerate(tqdm(starts, desc="embeddings", unit="chunk", disable=not progress)):
+    for i, start in enumerate(progress_bar(starts, desc="embeddings", unit="chunk", disable=not progress)):
         c = clusters[start:start + ITEM_CHUNK]
         noise = _rng(cfg, _EMBED, i).standard_normal((c.shape[0], cfg.dim), dtype=np.float32)
         out[start:start + c.shape[0]] = centers[c] + np.float32(cfg.spread) * noise
@@ -124,7 +124,7 @@ class ClusterCatalog:
 
 def user_batches(cfg: SynthConfig, catalog: ClusterCatalog, progress: bool = True) -> Iterator[SequenceBatch]:
     starts = range(0, cfg.users, USER_CHUNK)
-    for i, start in enumerate(tqdm(starts, desc="users", unit="chunk", disable=not progress)):
+    for i, start in enumerate(progress_bar(starts, desc="users", unit="chunk", disable=not progress)):
         yield user_chunk(cfg, catalog, start, min(USER_CHUNK, cfg.users - start), _rng(cfg, _USERS, i))
 
 

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
+from sidgr.logs import progress_bar
 
 from sidgr.experiments.datasets import DATASETS, DatasetSpec
 
@@ -51,7 +51,7 @@ class Runner:
     def __init__(self, plan: Plan, total: int):
         self.logs = plan.out / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
-        self.bar = tqdm(total=total, desc="demo", unit="stage", dynamic_ncols=True)
+        self.bar = progress_bar(total=total, desc="demo", unit="stage", dynamic_ncols=True)
         self.timings: dict[str, float] = {}
         self.commands: list[str] = []
 

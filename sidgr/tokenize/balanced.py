@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import gin
 import numpy as np
-from tqdm.auto import tqdm
+from sidgr.logs import progress_bar
 
 from sidgr.tokenize.kmeans import as_f32, centroid_means, fit_kmeans, nearest
 from sidgr.tokenize.quantized import Quantized
@@ -95,7 +95,7 @@ def balanced_level(x: np.ndarray, k: int, seed: int, cfg: BalancedConfig) -> tup
 def balanced_rq_kmeans(x: np.ndarray, cfg: BalancedConfig, progress: bool = True) -> Quantized:
     residual = as_f32(x).copy()
     codes, books = [], []
-    for level, k in enumerate(tqdm(cfg.codebook_sizes, desc="balanced rq-kmeans levels", disable=not progress)):
+    for level, k in enumerate(progress_bar(cfg.codebook_sizes, desc="balanced rq-kmeans levels", disable=not progress)):
         level_codes, centroids = balanced_level(residual, k, level_seed(cfg.seed, level), cfg)
         residual -= centroids[level_codes]
         codes.append(level_codes)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import gin
 import numpy as np
-from tqdm.auto import tqdm
+from sidgr.logs import progress_bar
 
 from sidgr.tokenize.kmeans import as_f32, fit_kmeans, nearest
 from sidgr.tokenize.quantized import Quantized
@@ -29,7 +29,7 @@ def level_seed(seed: int, level: int) -> int:
 def rq_kmeans(x: np.ndarray, cfg: RQKMeansConfig, progress: bool = True) -> Quantized:
     residual = as_f32(x).copy()
     codes, books = [], []
-    for level, k in enumerate(tqdm(cfg.codebook_sizes, desc="rq-kmeans levels", disable=not progress)):
+    for level, k in enumerate(progress_bar(cfg.codebook_sizes, desc="rq-kmeans levels", disable=not progress)):
         centroids = fit_kmeans(residual, k, level_seed(cfg.seed, level), cfg.niter, cfg.max_points_per_centroid)
         _, idx = nearest(residual, centroids)
         level_codes = idx[:, 0]

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from sidgr.logs import progress_bar
 
 from sidgr.errors import input_error
 from sidgr.tokenize.kmeans import fit_kmeans, nearest
@@ -139,7 +139,7 @@ def train_rqvae(x: torch.Tensor, cfg: RQVAEConfig, progress: bool = True) -> RQV
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     last_used = [torch.zeros(k, dtype=torch.int64) for k in cfg.codebook_sizes]
     cursor, resets = batch, 0
-    bar = tqdm(range(cfg.steps), desc="rq-vae training", disable=not progress)
+    bar = progress_bar(range(cfg.steps), desc="rq-vae training", disable=not progress)
     for step in bar:
         if cursor + batch > n:
             order, cursor = torch.randperm(n, generator=gen), 0
