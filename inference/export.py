@@ -33,6 +33,23 @@ _PREFIXES = ("model.", "module.")
 _STACKED = re.compile(r"^decoder\.layers\.(?!\d+\.)(.+)$")
 
 
+_ITER = re.compile(r"^iter_(\d{7})$")
+
+
+def resolve_checkpoint(path: Path) -> tuple[Path, list[Path]]:
+    """A checkpoint directory as given, or for a run directory (or its `checkpoints/`) its latest complete
+    checkpoint: (checkpoint, every complete checkpoint found). Complete = renamed into place, with arch.json
+    and trainer_state.pt (a killed save leaves only a `.iter_*.tmp` temporary)."""
+    if (path / "arch.json").is_file() or _ITER.match(path.name):
+        return path, [path]
+    root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    found = sorted((p for p in root.iterdir() if _ITER.match(p.name) and (p / "arch.json").is_file()
+                    and (p / "trainer_state.pt").is_file()), key=lambda p: p.name) if root.is_dir() else []
+    if not found:
+        raise input_error(path, "checkpoint", str(path), "holds no complete checkpoint (iter_XXXXXXX)")
+    return found[-1], found
+
+
 def read_arch(ckpt: Path) -> ModelArch:
     path = ckpt / "arch.json"
     if not path.exists():
@@ -137,10 +154,12 @@ def strip_vocab_padding(tensors: dict[str, torch.Tensor], arch: ModelArch, sourc
 
 
 def export_checkpoint(ckpt: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """`ckpt`: a checkpoint, or a run directory (its latest complete checkpoint; see resolve_checkpoint)."""
     ckpt = Path(ckpt)
     check_output(Path(out_dir), is_dir=True, replaces=is_engine_dir)  # before the (slow) checkpoint read
     if not ckpt.is_dir():
         raise input_error(ckpt, "checkpoint", str(ckpt), "not a directory")
+    ckpt, _ = resolve_checkpoint(ckpt)
     arch = read_arch(ckpt)
     mapping = read_mapping(ckpt)
     tensors = read_model_tensors(ckpt)

@@ -1,4 +1,4 @@
-"""`sidgr export --checkpoint RUN_DIR/checkpoints/iter_XXXXXXX --out ENGINE_DIR`."""
+"""`sidgr export --checkpoint RUN_DIR[/checkpoints/iter_XXXXXXX] --out ENGINE_DIR`."""
 from __future__ import annotations
 
 import argparse
@@ -7,13 +7,24 @@ from sidgr.logs import get_logger
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="a training checkpoint directory (iter_XXXXXXX)")
+    p.add_argument("--checkpoint", required=True,
+                   help="a training checkpoint (RUN_DIR/checkpoints/iter_XXXXXXX), or a run directory: its latest "
+                        "complete checkpoint")
     p.add_argument("--out", required=True, help="engine directory to write (model.safetensors, engine.json, sids)")
 
 
 def run(args) -> int:
-    from .export import export_checkpoint
+    from pathlib import Path
 
+    from .export import export_checkpoint, resolve_checkpoint
+
+    log = get_logger("sidgr.export")
+    given = Path(args.checkpoint)
+    if given.is_dir():
+        picked, found = resolve_checkpoint(given)
+        if picked != given:
+            log.info(f"{given}: exporting the latest complete checkpoint {picked.name} (of "
+                     f"{', '.join(p.name for p in found)}; pass one of them to pick another)")
     out = export_checkpoint(args.checkpoint, args.out)
-    get_logger("sidgr.export").info(f"wrote engine {out}")
+    log.info(f"wrote engine {out}")
     return 0

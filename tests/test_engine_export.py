@@ -2,6 +2,7 @@
 optimizer state, extra state), read back without Megatron or a process group."""
 import io
 import json
+import logging
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from sidgr.errors import InputError
 from sidgr.inference.export import export_checkpoint
 from sidgr.inference.random_engine import random_mapping, random_state_dict
 from sidgr.inference.weights import load_engine
+from sidgr.sid.prefix_index import PrefixIndex
 
 SIZES = (6, 5, 7)
 
@@ -25,24 +27,33 @@ def megatron_like(sd, arch, pad_to=24):
                                                      for i in range(arch.num_layers)])
     for k, v in sd.items():
         if not k.startswith("decoder.layers."):
-            if k == "embedding.codes.weight" or k.startswith("heads."):
-                v = torch.cat([v, torch.full((pad_to - v.shape[0], v.shape[1]), 99.0)])
+            if k.startswith(("embedding.codes.", "embedding.items.", "embedding.prefixes.", "heads.")):
+                rows = -(-v.shape[0] // pad_to) * pad_to  # vocab-parallel tables are padded
+                v = torch.cat([v, torch.full((rows - v.shape[0], v.shape[1]), 99.0)])
             out[k] = v
     out["optimizer.state.exp_avg.embedding.bos"] = torch.ones(arch.hidden_size)
     out["decoder.layers.self_attention.core_attention._extra_state"] = io.BytesIO(b"x")
     return out
 
 
-@pytest.mark.parametrize("head_mode", ["shared", "per_level"])
-def test_export_from_dcp_checkpoint(tmp_path, head_mode):
-    arch = ModelArch(codebook_sizes=SIZES, hidden_size=16, num_layers=3, num_attention_heads=2,
-                     ffn_hidden_size=32, max_items=5, head_mode=head_mode)
-    sd = random_state_dict(arch, 5)
-    ckpt = tmp_path / "run" / "checkpoints" / "iter_0000010"
+def write_checkpoint(ckpt, arch, sd, mapping_path, complete=True):
     dcp.save(megatron_like(sd, arch), storage_writer=dcp.FileSystemWriter(str(ckpt)), no_dist=True)
     (ckpt / "arch.json").write_text(arch.to_json())
-    mapping_path = random_mapping(30, list(SIZES), 1).save(tmp_path / "sids")
     (ckpt / "mapping.json").write_text(json.dumps({"path": str(mapping_path)}))
+    if complete:
+        (ckpt / "trainer_state.pt").write_bytes(b"")
+
+
+@pytest.mark.parametrize("head_mode,history", [("shared", "codes"), ("per_level", "codes"),
+                                               ("shared", "prefixn+id")])
+def test_export_from_dcp_checkpoint(tmp_path, head_mode, history):
+    mapping = random_mapping(30, list(SIZES), 1)
+    arch = ModelArch(codebook_sizes=SIZES, hidden_size=16, num_layers=3, num_attention_heads=2,
+                     ffn_hidden_size=32, max_items=5, head_mode=head_mode, history=history,
+                     num_items=30, prefix_counts=PrefixIndex.build(mapping).prefix_counts)
+    sd = random_state_dict(arch, 5)
+    ckpt = tmp_path / "run" / "checkpoints" / "iter_0000010"
+    write_checkpoint(ckpt, arch, sd, mapping.save(tmp_path / "sids"))
     assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "engine")]) == 0
     files = load_engine(tmp_path / "engine")
     assert files.arch == arch
@@ -50,6 +61,32 @@ def test_export_from_dcp_checkpoint(tmp_path, head_mode):
     for k, v in sd.items():
         assert torch.equal(files.state_dict[k], v), k
     assert torch.equal(files.mapping.codes, random_mapping(30, list(SIZES), 1).codes)
+
+
+def test_export_of_a_run_dir_takes_its_latest_complete_checkpoint(tmp_path):
+    arch = ModelArch(codebook_sizes=SIZES, hidden_size=16, num_layers=1, num_attention_heads=2,
+                     ffn_hidden_size=32, max_items=5)
+    mapping_path = random_mapping(30, list(SIZES), 1).save(tmp_path / "sids")
+    run = tmp_path / "run"
+    for step, complete in ((10, True), (20, True), (30, False)):  # 30: no trainer state, i.e. not finished
+        write_checkpoint(run / "checkpoints" / f"iter_{step:07d}", arch, random_state_dict(arch, step),
+                         mapping_path, complete)
+    said = logging.Handler()
+    said.emit = lambda record: messages.append(record.getMessage())
+    messages = []
+    logging.getLogger("sidgr").addHandler(said)
+    try:
+        for given in (run, run / "checkpoints"):
+            out = tmp_path / f"engine_{given.name}"
+            assert main(["export", "--checkpoint", str(given), "--out", str(out)]) == 0
+            want = random_state_dict(arch, 20)
+            assert all(torch.equal(load_engine(out).state_dict[k], v) for k, v in want.items())
+    finally:
+        logging.getLogger("sidgr").removeHandler(said)
+    assert sum("iter_0000020 (of iter_0000010, iter_0000020;" in m for m in messages) == 2
+    (tmp_path / "empty_run").mkdir()
+    with pytest.raises(InputError, match="holds no complete checkpoint"):
+        export_checkpoint(tmp_path / "empty_run", tmp_path / "e2")
 
 
 def test_export_rejects_layer_count_mismatch(tmp_path):
