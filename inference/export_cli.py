@@ -8,8 +8,8 @@ from sidgr.logs import get_logger
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True,
-                   help="a training checkpoint (RUN_DIR/checkpoints/iter_XXXXXXX), or a run directory: its latest "
-                        "complete checkpoint")
+                   help="a training checkpoint (RUN_DIR/checkpoints/iter_XXXXXXX), or a run directory: the best "
+                        "checkpoint its best.json names (TrainerConfig.select_best), else the latest complete one")
     p.add_argument("--out", required=True, help="engine directory to write (model.safetensors, engine.json, sids)")
 
 
@@ -23,7 +23,8 @@ def run(args) -> int:
     if given.is_dir():
         picked, found = resolve_checkpoint(given)
         if picked != given:
-            log.info(f"{given}: exporting the latest complete checkpoint {picked.name} (of "
+            which = "the best (best.json)" if picked != found[-1] else "the latest complete"
+            log.info(f"{given}: exporting {which} checkpoint {picked.name} (of "
                      f"{', '.join(p.name for p in found)}; pass one of them to pick another)")
     out = export_checkpoint(args.checkpoint, args.out)
     log.info(f"wrote engine {out}")

@@ -193,8 +193,9 @@ def _writer_results_queue_that_dies_with_this_process() -> None:
 
 
 def save_checkpoint(run_dir, iteration: int, model, optimizer, scheduler, loader_state: dict, arch: ModelArch,
-                    config_str: str, mapping_path: str, keep_last: int) -> Path:
-    """Collective: every rank calls it. Returns the final directory."""
+                    config_str: str, mapping_path: str, keep_last: int, keep: tuple[str, ...] = ()) -> Path:
+    """Collective: every rank calls it. Returns the final directory. Rotation keeps the last `keep_last`
+    checkpoints and those named in `keep` (the selected best)."""
     _writer_results_queue_that_dies_with_this_process()
     final = checkpoint_dir(run_dir, iteration)
     rank0 = dist.get_rank() == 0
@@ -218,7 +219,8 @@ def save_checkpoint(run_dir, iteration: int, model, optimizer, scheduler, loader
         dist.barrier()  # everything written before rank 0 renames it into place
     if rank0:
         for old in complete_checkpoints(run_dir)[:-max(keep_last, 1)]:
-            shutil.rmtree(old, ignore_errors=True)
+            if old.name not in keep:
+                shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
     return final
 

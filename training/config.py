@@ -28,6 +28,11 @@ class TrainerConfig:
     eval_interval: int = 50  # 0 = only at the end
     eval_max_batches: int = 0  # 0 = the whole validation set
     save_interval: int = 0  # 0 = only at the end
+    # save and score a checkpoint at every evaluation, keep the best by valid Recall@10 (RUN/best.json; SID-GR is
+    # scored through the engine: export + beam retrieval of the valid users + evaluate, in child processes)
+    select_best: bool = False
+    select_beam_width: int = 64  # SID-GR's beam width when scoring checkpoints
+    early_stop_patience: int = 0  # with select_best: stop after this many evaluations without improvement
     keep_last: int = 2
     seed: int = 1234
     wandb: Literal["offline", "online", "disabled"] = "offline"

@@ -78,6 +78,9 @@ class ItemTask:
                                   "validation needs the users' histories (item_ids)")
             self.valid = targets.take(np.arange(dist_info.dp_rank, targets.num_users, dist_info.dp_size))
 
+    def score_checkpoint(self, ckpt, run_dir, data_cfg, trainer_cfg) -> dict:
+        return {}  # validate() already ranks the catalog (valid_recall@10)
+
     @torch.no_grad()
     def validate(self, ddp, model: ItemSeqModel, device, max_batches: int) -> dict:
         """valid_loss (target CE), valid_recall@10 and valid_ndcg@10 over all valid users, summed over DP."""

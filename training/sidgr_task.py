@@ -75,6 +75,14 @@ class SIDGRTask:
             self.valid_loader = SequenceLoader(data_cfg.valid_path, mapping, data_cfg, dist_info.dp_rank,
                                                dist_info.dp_size, training=False, append_target=True)
 
+    def score_checkpoint(self, ckpt, run_dir, data_cfg, trainer_cfg) -> dict:
+        """Rank 0: the checkpoint's valid Recall@10 / NDCG@10 through the engine (training/engine_scoring.py)."""
+        from pathlib import Path
+
+        from sidgr.training.engine_scoring import score_checkpoint
+        return score_checkpoint(Path(ckpt), data_cfg.valid_path, self.mapping.num_items,
+                                Path(run_dir) / "selection", trainer_cfg.select_beam_width)
+
     def validate(self, ddp, model, device, max_batches: int) -> dict:
         if self.valid_loader is None:
             return {}

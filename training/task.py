@@ -34,6 +34,9 @@ class Task(Protocol):
     def validate(self, ddp, model, device: torch.device, max_batches: int) -> dict:
         """Validation metrics, identical on every rank ({} without validation data)."""
 
+    def score_checkpoint(self, ckpt: Path, run_dir: Path, data_cfg, trainer_cfg) -> dict:
+        """Rank 0 only: validation metrics of a saved checkpoint that `validate` does not give (may be {})."""
+
 
 def make_task(model_cfg, mapping: SIDMapping) -> Task:
     if model_cfg.kind == "item":

@@ -45,6 +45,16 @@ def train_step(ddp, model, optimizer, scheduler, batch, losses_fn=None) -> dict:
             "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"), "skipped": not ok}
 
 
+def checkpoint_scores(task, ckpt: Path, run_dir: Path, dcfg, tcfg, rank0: bool) -> dict:
+    """The task's scores of a saved checkpoint, computed by rank 0 and given to every rank."""
+    import torch.distributed as dist
+
+    box = [task.score_checkpoint(ckpt, run_dir, dcfg, tcfg) if rank0 else None]
+    if dist.is_initialized():
+        dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def run(cfgs: dict, resume: bool) -> dict:
     from dataclasses import asdict
 
@@ -65,6 +75,10 @@ def run(cfgs: dict, resume: bool) -> dict:
     from sidgr.training.loader import SequenceLoader
     from sidgr.training.optim import build_optimizer, build_scheduler, current_lr, wrap_ddp
     from sidgr.training.plots import plot_loss_curves
+    from sidgr.training.selection import Selection
+
+    if tcfg.select_best and not dcfg.valid_path:
+        raise input_error(tcfg.run_dir, "TrainerConfig.select_best", True, "needs DataConfig.valid_path")
 
     run_dir = Path(tcfg.run_dir)
     info = init_distributed(pcfg.tensor_parallel)
@@ -77,6 +91,12 @@ def run(cfgs: dict, resume: bool) -> dict:
         train_loader = SequenceLoader(dcfg.train_path, mapping, dcfg, info.dp_rank, info.dp_size, training=True)
         task.setup_validation(dcfg, mapping, info)
         step = 0
+        selection = Selection.load(run_dir, tcfg.early_stop_patience) if tcfg.select_best else None
+        if resume and selection is not None and selection.stopped_at is not None:
+            log.info(f"{run_dir}: the run stopped early at step {selection.stopped_at} "
+                     f"(best {selection.best_checkpoint}, {selection.metric} {selection.best_value:.4f}): "
+                     f"nothing to do")
+            return {}
         if resume:
             ckpt = latest_checkpoint(run_dir)
             if ckpt is None:
@@ -100,11 +120,18 @@ def run(cfgs: dict, resume: bool) -> dict:
                              {k: asdict(v) for k, v in cfgs.items() if k != "config_str"}, rank0)
 
         def save(at: int):
-            save_checkpoint(run_dir, at, model, optimizer, scheduler, train_loader.state_dict(), arch,
-                            cfgs["config_str"], dcfg.mapping_path, tcfg.keep_last)
+            keep = (selection.best_checkpoint,) if selection is not None and selection.best_step else ()
+            return save_checkpoint(run_dir, at, model, optimizer, scheduler, train_loader.state_dict(), arch,
+                                   cfgs["config_str"], dcfg.mapping_path, tcfg.keep_last, keep)
 
-        def validate(at: int):
+        def validate(at: int, ckpt: Path | None = None):
             scores = task.validate(ddp, model, info.device, tcfg.eval_max_batches)
+            if ckpt is not None:
+                scores.update(checkpoint_scores(task, ckpt, run_dir, dcfg, tcfg, rank0))
+                if selection.update(at, scores) and rank0:
+                    log.info(f"step {at}: new best checkpoint {ckpt.name}")
+                if rank0:
+                    selection.write(run_dir)
             if not scores:
                 return
             rec = {"step": at, **scores}
@@ -140,14 +167,28 @@ def run(cfgs: dict, resume: bool) -> dict:
                 metrics.flush()
             if not math.isfinite(rec["loss"]):
                 raise FloatingPointError(f"loss is {rec['loss']} at step {step}")
-            if tcfg.eval_interval and step % tcfg.eval_interval == 0 and step < tcfg.train_steps:
+            evaluating = bool(tcfg.eval_interval) and step % tcfg.eval_interval == 0 and step < tcfg.train_steps
+            saving = bool(tcfg.save_interval) and step % tcfg.save_interval == 0 and step < tcfg.train_steps
+            if selection is not None and evaluating:
+                validate(step, save(step))
+                if selection.should_stop:
+                    log.info(f"early stop at step {step}: {selection.patience} evaluations without a better "
+                             f"{selection.metric} than {selection.best_value:.4f} ({selection.best_checkpoint})")
+                    break
+                continue
+            if evaluating:
                 validate(step)
-            if tcfg.save_interval and step % tcfg.save_interval == 0 and step < tcfg.train_steps:
+            if saving:
                 save(step)
         bar.close()
-        validate(step)
-        save(step)
+        if selection is None:
+            validate(step)
+            save(step)
+        elif selection.stopped_at is None:
+            validate(step, save(step))
         summary = {"step": step, "mean_tokens_per_s": throughput.tokens_per_s(), **peak_memory_mb(info.device)}
+        if selection is not None:
+            summary.update(best_checkpoint=selection.best_checkpoint, best=selection.best_value)
         metrics.add(summary)
         metrics.flush()
         log.info(f"done: {json.dumps(summary)}")

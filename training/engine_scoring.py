@@ -1,0 +1,46 @@
+"""SID-GR checkpoints scored on the validation target through the engine, as the results table scores them.
+
+The trainer never imports the engine (`inference/`): rank 0 runs `sidgr export`, `sidgr retrieve` (beam search,
+history excluded) and `sidgr evaluate` as child processes on the checkpoint just saved, outside torchrun's
+environment, and reads back Recall@10 and NDCG@10. Outputs stay in RUN/selection/ (engine, candidates, metrics).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from sidgr.errors import input_error
+from sidgr.process import die_with_parent
+
+TORCHRUN_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                "ROLE_RANK", "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT")
+
+
+def child_env() -> dict:
+    """This environment without torchrun's worker variables, so a child `sidgr` is a plain process."""
+    return {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV and not k.startswith("TORCHELASTIC_")}
+
+
+def run_sidgr(*args) -> None:
+    cmd = [sys.executable, "-m", "sidgr.cli", *map(str, args)]
+    proc = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, preexec_fn=die_with_parent)
+    if proc.returncode:
+        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise input_error(f"sidgr {args[0]}", "checkpoint scoring", " ".join(cmd[3:6]), f"failed: {last}")
+
+
+def score_checkpoint(ckpt: Path, valid_path: str, items: int, out_dir: Path, beam_width: int) -> dict:
+    """valid_recall@10 and valid_ndcg@10 of `ckpt` (the whole history excluded, beam `beam_width`)."""
+    engine = out_dir / "engines" / ckpt.name
+    cands = out_dir / f"{ckpt.name}.parquet"
+    report = out_dir / ckpt.name
+    run_sidgr("export", "--checkpoint", ckpt, "--out", engine)
+    run_sidgr("retrieve", "--engine", engine, "--sequences", valid_path, "--out", cands, "--k", 10,
+              "--beam-width", max(beam_width, 10))
+    run_sidgr("evaluate", "--candidates", cands, "--targets", valid_path, "--items", items, "--out", report,
+              "--ks", "10", "--bootstrap", 0)
+    metrics = json.loads((report / "metrics.json").read_text())["metrics"]
+    return {"valid_recall@10": metrics["recall@10"]["mean"], "valid_ndcg@10": metrics["ndcg@10"]["mean"]}
