@@ -101,10 +101,11 @@ def test_selected_checkpoint_is_the_argmax_of_the_recorded_valid_scores(demo, su
         assert scores[sel["selected"]] == max(scores.values()), (name, sel)
         run_dir = demo / name
         assert (run_dir / "checkpoints" / sel["selected"]).is_dir(), name
-        if name.startswith("sidgr_"):  # the scores are sidgr evaluate's valid Recall@10 of each exported checkpoint
-            assert Path(sel["engine"]) == run_dir / "engines" / sel["selected"]
+        if name.startswith("sidgr_"):  # the trainer's scores: sidgr evaluate's valid Recall@10 of each checkpoint
+            assert Path(sel["engine"]) == run_dir / "selection" / "engines" / sel["selected"]
+            assert json.loads((run_dir / "best.json").read_text())["checkpoint"] == sel["selected"]
             for ckpt, value in scores.items():
-                report = json.loads((run_dir / "valid" / ckpt / "metrics.json").read_text())
+                report = json.loads((run_dir / "selection" / ckpt / "metrics.json").read_text())
                 assert report["metrics"]["recall@10"]["mean"] == value, (name, ckpt)
         else:  # the scores are what the item trainer logged on the valid target
             logged = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
@@ -122,7 +123,7 @@ def test_test_target_is_evaluated_once_per_model_with_the_selected_checkpoint(de
         assert on_test.count(demo / run_dir / "test") == 1, row
     # the only other test evaluations are the beam-width analysis of the selected balanced engine
     assert all(out.parent == demo / "beam_sweep" for out in on_test if out.name != "test")
-    assert all(out.parent.parent.name.startswith("sidgr_") and out.parent.name == "valid" for out in on_valid)
+    assert on_valid == []  # SID-GR checkpoints are scored on valid by the trainer (TrainerConfig.select_best)
     # the test lists come from the selected checkpoint, and nothing else of a model reads the test users
     selection = summary["selection"]
     for name, sel in selection.items():

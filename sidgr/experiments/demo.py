@@ -85,10 +85,8 @@ def collaborative_sids(run: Runner, plan: Plan, sasrec_checkpoint: Path) -> dict
 
 def stage_count(plan: Plan, trained: list[str]) -> int:
     tokenized = len(plan.dataset.text_sids) + len(plan.dataset.collab_sids)
-    ckpts = max(plan.steps // plan.eval_interval, 1) if plan.steps else 8
     sweep = sum(w >= plan.k for w in plan.beam_sweep)
-    return (1 + 2 * tokenized + len(plan.dataset.collab_sids) + 2 + 2 * 3 + len(trained) * (3 + 3 * ckpts) + 2
-            + 2 * sweep + 3)
+    return 1 + 2 * tokenized + len(plan.dataset.collab_sids) + 2 + 2 * 3 + len(trained) * 3 + 2 + 2 * sweep + 3
 
 
 def main(argv=None) -> int:
@@ -114,7 +112,7 @@ def main(argv=None) -> int:
     beam = beam_vs_exact(run, plan, Path(selection[f"sidgr_{swept}"]["engine"]), swept)
     table_runs = sum((["--run", f"{n}={d / 'test'}"] for n, d in rows.items()), [])
     run("table", sidgr("report", "table", *table_runs, "--paired-baseline", "sasrec_ce", "--out", plan.out))
-    logs = {n: d / "curves.jsonl" if (d / "curves.jsonl").exists() else d / "metrics.jsonl" for n, d in rows.items()}
+    logs = {n: d / "metrics.jsonl" for n, d in rows.items()}
     curves = {n: log for n, log in logs.items() if log.exists()}
     run("plot_curves", sidgr("report", "curves", *sum((["--run", f"{n}={f}"] for n, f in curves.items()), []),
                              "--out", plan.out))

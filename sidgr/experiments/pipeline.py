@@ -79,11 +79,12 @@ def sidgr(*args) -> list[str]:
 
 
 # ---- stages --------------------------------------------------------------------------------------------------
-def train_overrides(plan: Plan, run_dir: Path, mapping: Path) -> list[str]:
+def train_overrides(plan: Plan, run_dir: Path, mapping: Path, valid: Path | None = None) -> list[str]:
     """Paths, and a checkpoint at every validation (all kept) so selection can pick any of them."""
+    valid = valid or plan.data / "valid.parquet"
     out = [f"TrainerConfig.run_dir='{run_dir}'", "TrainerConfig.progress=False", "TrainerConfig.keep_last=1000",
            f"DataConfig.train_path='{plan.data / 'train.parquet'}'",
-           f"DataConfig.valid_path='{plan.data / 'valid.parquet'}'", f"DataConfig.mapping_path='{mapping}'"]
+           f"DataConfig.valid_path='{valid}'", f"DataConfig.mapping_path='{mapping}'"]
     if plan.steps is not None:
         out += [f"TrainerConfig.train_steps={plan.steps}", f"TrainerConfig.eval_interval={plan.eval_interval}",
                 f"TrainerConfig.save_interval={plan.eval_interval}",
@@ -113,10 +114,6 @@ def checkpoints(run_dir: Path) -> list[Path]:
     return sorted((run_dir / "checkpoints").glob("iter_[0-9]*"))
 
 
-def recall10(eval_dir: Path) -> float:
-    return json.loads((eval_dir / "metrics.json").read_text())["metrics"]["recall@10"]["mean"]
-
-
 def evaluate(run: Runner, plan: Plan, name: str, cands: Path, split: str | Path, out: Path, bootstrap: int) -> Path:
     """`sidgr evaluate` of `cands` against a split's targets (or a targets file)."""
     targets = split if isinstance(split, Path) else plan.data / f"{split}.parquet"
@@ -127,24 +124,23 @@ def evaluate(run: Runner, plan: Plan, name: str, cands: Path, split: str | Path,
 
 def train_and_score_on_valid(run: Runner, plan: Plan, name: str, mapping: Path, bindings=(),
                              config: str | None = None) -> dict:
-    """Train SID-GR (`config`, default the dataset's, + bindings) into OUT/name; valid Recall@10 of every
-    checkpoint."""
+    """Train SID-GR (`config`, default the dataset's, + bindings) into OUT/name with the trainer's checkpoint
+    selection (`TrainerConfig.select_best`: every evaluation saves a checkpoint and scores it through the engine,
+    beam `plan.beam_width`, on the validation users); the valid Recall@10 the trainer logged per checkpoint."""
     run_dir = plan.out / name
-    valid = plan.valid_path()
     run(f"train_{name}", sidgr("train", "--nproc", plan.nproc, "--config", config or plan.dataset.config(),
-                               *train_overrides(plan, run_dir, mapping), *bindings))
-    scores = {}
-    for ckpt in checkpoints(run_dir):
-        tag = f"{name}_{ckpt.name}"
-        engine = run_dir / "engines" / ckpt.name
-        run(f"export_{tag}", sidgr("export", "--checkpoint", ckpt, "--out", engine))
-        cands = run_dir / "valid" / f"{ckpt.name}.parquet"
-        run(f"retrieve_valid_{tag}", sidgr("retrieve", "--engine", engine, "--sequences", valid, "--out", cands,
-                                           "--k", plan.k, "--beam-width", plan.beam_width))
-        scores[ckpt.name] = recall10(evaluate(run, plan, f"eval_valid_{tag}", cands, valid,
-                                              run_dir / "valid" / ckpt.name, 0))
-    write_curve_log(run_dir, scores)
-    return scores
+                               *train_overrides(plan, run_dir, mapping, plan.valid_path()),
+                               "TrainerConfig.select_best=True", f"TrainerConfig.select_beam_width={plan.beam_width}",
+                               *bindings))
+    return logged_valid_recall(run_dir)
+
+
+def logged_valid_recall(run_dir: Path) -> dict:
+    """{checkpoint name: valid Recall@10} from the trainer's metrics.jsonl, for the checkpoints still kept."""
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    kept = {c.name for c in checkpoints(run_dir)}
+    return {f"iter_{r['step']:07d}": r["valid_recall@10"] for r in records
+            if "valid_recall@10" in r and f"iter_{r['step']:07d}" in kept}
 
 
 def sid_gr(run: Runner, plan: Plan, method: str, mapping: Path) -> tuple[Path, dict]:
@@ -152,7 +148,7 @@ def sid_gr(run: Runner, plan: Plan, method: str, mapping: Path) -> tuple[Path, d
     run_dir = plan.out / f"sidgr_{method}"
     scores = train_and_score_on_valid(run, plan, f"sidgr_{method}", mapping)
     best = max(scores, key=lambda c: (scores[c], c))
-    engine = run_dir / "engines" / best
+    engine = run_dir / "selection" / "engines" / best
     cands = run_dir / "test_candidates.parquet"
     run(f"retrieve_test_sidgr_{method}", sidgr("retrieve", "--engine", engine, "--sequences",
                                                plan.data / "test.parquet", "--out", cands, "--k", plan.k,
@@ -161,23 +157,13 @@ def sid_gr(run: Runner, plan: Plan, method: str, mapping: Path) -> tuple[Path, d
     return run_dir, {"valid_recall@10_by_checkpoint": scores, "selected": best, "engine": str(engine)}
 
 
-def write_curve_log(run_dir: Path, valid_recall: dict) -> None:
-    """The trainer's metrics.jsonl plus the valid Recall@10 measured here per checkpoint, for the curves plot."""
-    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    records += [{"step": int(c.split("_")[1]), "valid_recall@10": r} for c, r in sorted(valid_recall.items())]
-    (run_dir / "curves.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-
-
 def item_valid_scores(run: Runner, plan: Plan, name: str, config: str, mapping: Path, bindings=()) -> dict:
     """Train an item-level baseline (`config` + bindings) into OUT/name; the valid Recall@10 its trainer logged
     for every kept checkpoint (validation target only)."""
     run_dir = plan.out / name
     run(f"train_{name}", sidgr("train", "--nproc", plan.nproc, "--config", config,
                                *train_overrides(plan, run_dir, mapping), *bindings))
-    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    kept = {c.name for c in checkpoints(run_dir)}
-    return {f"iter_{r['step']:07d}": r["valid_recall@10"] for r in records
-            if "valid_recall@10" in r and f"iter_{r['step']:07d}" in kept}
+    return logged_valid_recall(run_dir)
 
 
 def item_baseline(run: Runner, plan: Plan, name: str, config: str, mapping: Path) -> tuple[Path, dict]:
