@@ -18,6 +18,7 @@ import torch
 from sidgr.arch import ModelArch
 from sidgr.errors import input_error
 from sidgr.io import check_output
+from sidgr.run_layout import resolve_checkpoint
 from sidgr.sid.mapping import SIDMapping
 
 from .weights import expected_shapes, is_engine_dir, save_engine
@@ -31,38 +32,6 @@ TE_RENAMES = {
 }
 _PREFIXES = ("model.", "module.")
 _STACKED = re.compile(r"^decoder\.layers\.(?!\d+\.)(.+)$")
-
-
-_ITER = re.compile(r"^iter_(\d{7})$")
-
-
-def resolve_checkpoint(path: Path) -> tuple[Path, list[Path]]:
-    """A checkpoint directory as given, or for a run directory (or its `checkpoints/`) the checkpoint its
-    `best.json` names (the trainer's selection on the validation target), else its latest complete checkpoint:
-    (checkpoint, every complete checkpoint found). Complete = renamed into place, with arch.json and
-    trainer_state.pt (a killed save leaves only a `.iter_*.tmp` temporary)."""
-    if (path / "arch.json").is_file() or _ITER.match(path.name):
-        return path, [path]
-    run = path.parent if path.name == "checkpoints" else path
-    root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    found = sorted((p for p in root.iterdir() if _ITER.match(p.name) and (p / "arch.json").is_file()
-                    and (p / "trainer_state.pt").is_file()), key=lambda p: p.name) if root.is_dir() else []
-    if not found:
-        raise input_error(path, "checkpoint", str(path), "holds no complete checkpoint (iter_XXXXXXX)")
-    best = best_checkpoint_name(run)
-    picked = [p for p in found if p.name == best]
-    return (picked or found)[-1], found
-
-
-def best_checkpoint_name(run_dir: Path) -> str | None:
-    """The checkpoint `best.json` names (written by the trainer with TrainerConfig.select_best), if any."""
-    path = run_dir / "best.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text()).get("checkpoint")
-    except (ValueError, AttributeError):
-        raise input_error(path, "checkpoint", path.name, "unreadable best.json") from None
 
 
 def read_arch(ckpt: Path) -> ModelArch:
@@ -169,7 +138,7 @@ def strip_vocab_padding(tensors: dict[str, torch.Tensor], arch: ModelArch, sourc
 
 
 def export_checkpoint(ckpt: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """`ckpt`: a checkpoint, or a run directory (its latest complete checkpoint; see resolve_checkpoint)."""
+    """`ckpt`: a checkpoint, or a run directory (its best, else latest, complete checkpoint: resolve_checkpoint)."""
     ckpt = Path(ckpt)
     check_output(Path(out_dir), is_dir=True, replaces=is_engine_dir)  # before the (slow) checkpoint read
     if not ckpt.is_dir():

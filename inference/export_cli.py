@@ -16,7 +16,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from .export import export_checkpoint, resolve_checkpoint
+    from sidgr.run_layout import resolve_checkpoint
+
+    from .export import export_checkpoint
 
     log = get_logger("sidgr.export")
     given = Path(args.checkpoint)

@@ -63,7 +63,7 @@ def test_export_from_dcp_checkpoint(tmp_path, head_mode, history):
     assert torch.equal(files.mapping.codes, random_mapping(30, list(SIZES), 1).codes)
 
 
-def test_export_of_a_run_dir_takes_its_latest_complete_checkpoint(tmp_path):
+def test_export_of_a_run_dir_takes_its_best_else_latest_complete_checkpoint(tmp_path):
     arch = ModelArch(codebook_sizes=SIZES, hidden_size=16, num_layers=1, num_attention_heads=2,
                      ffn_hidden_size=32, max_items=5)
     mapping_path = random_mapping(30, list(SIZES), 1).save(tmp_path / "sids")
@@ -83,9 +83,15 @@ def test_export_of_a_run_dir_takes_its_latest_complete_checkpoint(tmp_path):
             assert all(torch.equal(load_engine(out).state_dict[k], v) for k, v in want.items())
     finally:
         logging.getLogger("sidgr").removeHandler(said)
-    assert sum("iter_0000020 (of iter_0000010, iter_0000020;" in m for m in messages) == 2
+    assert sum("latest complete checkpoint iter_0000020 (of iter_0000010, iter_0000020;" in m
+               for m in messages) == 2
+    # a run that selected a checkpoint on the validation target (best.json): that one
+    (run / "best.json").write_text(json.dumps({"checkpoint": "iter_0000010"}))
+    assert main(["export", "--checkpoint", str(run), "--out", str(tmp_path / "engine_best")]) == 0
+    want = random_state_dict(arch, 10)
+    assert all(torch.equal(load_engine(tmp_path / "engine_best").state_dict[k], v) for k, v in want.items())
     (tmp_path / "empty_run").mkdir()
-    with pytest.raises(InputError, match="holds no complete checkpoint"):
+    with pytest.raises(InputError, match="neither a checkpoint nor a run dir with a complete one"):
         export_checkpoint(tmp_path / "empty_run", tmp_path / "e2")
 
 

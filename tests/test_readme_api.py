@@ -2,7 +2,6 @@
 import re
 from pathlib import Path
 
-import torch
 
 from sidgr.arch import ModelArch
 from sidgr.inference.random_engine import random_mapping, random_state_dict

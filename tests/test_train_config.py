@@ -80,6 +80,7 @@ def test_resume_ignores_temporaries_and_incomplete_checkpoints(tmp_path):
         (root / name).mkdir(parents=True)
         if complete:
             (root / name / TRAINER_STATE).write_bytes(b"x")
+            (root / name / "arch.json").write_text("{}")
     # a killed save leaves only a temporary (or, before its rename, nothing named iter_*): never picked
     assert latest_checkpoint(tmp_path).name == "iter_0000008"
     _remove_stale_temporaries(root)

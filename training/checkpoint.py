@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import random
-import re
 import shutil
 from pathlib import Path
 
@@ -21,24 +20,14 @@ from megatron.core.dist_checkpointing.mapping import ShardedTensor
 from sidgr.arch import ModelArch
 from sidgr.errors import input_error
 from sidgr.io import atomic_path
+from sidgr.run_layout import TRAINER_STATE, complete_checkpoints
 
-_ITER_DIR = re.compile(r"^iter_(\d{7})$")
-TRAINER_STATE = "trainer_state.pt"
 # The distributed optimizer's state only reshards (TP/DP changes) in this format.
 _SHARDING_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
 
 
 def checkpoint_dir(run_dir, iteration: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"iter_{iteration:07d}"
-
-
-def complete_checkpoints(run_dir) -> list[Path]:
-    """Finished checkpoints, oldest first (temporaries have other names and no trainer state yet)."""
-    root = Path(run_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if _ITER_DIR.match(p.name) and (p / TRAINER_STATE).is_file()]
-    return sorted(found, key=lambda p: int(_ITER_DIR.match(p.name).group(1)))
 
 
 def _remove_stale_temporaries(root: Path) -> None:

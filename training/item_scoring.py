@@ -22,18 +22,7 @@ from pathlib import Path
 
 from sidgr.errors import InputError, input_error
 from sidgr.logs import get_logger, progress_bar
-
-
-def resolve_checkpoint(path) -> Path:
-    from sidgr.training.checkpoint import TRAINER_STATE, latest_checkpoint
-
-    path = Path(path)
-    if (path / TRAINER_STATE).is_file():
-        return path
-    found = latest_checkpoint(path)
-    if found is None:
-        raise input_error(path, "--checkpoint", str(path), "neither a checkpoint nor a run dir with one")
-    return found
+from sidgr.run_layout import resolve_checkpoint
 
 
 def load_arch(ckpt: Path):
@@ -118,7 +107,7 @@ def score(checkpoint, queries, out, top_k: int = 50, batch_size: int = 256, mapp
 
     if top_k <= 0 or batch_size <= 0:
         raise input_error("item_scoring", "--k/--batch-size", (top_k, batch_size), "must be positive")
-    ckpt = resolve_checkpoint(checkpoint)
+    ckpt, _ = resolve_checkpoint(checkpoint)
     arch = load_arch(ckpt)
     mcfg = model_config(ckpt)
     catalog = load_catalog(ckpt, mapping_path, arch)
@@ -138,7 +127,8 @@ def score(checkpoint, queries, out, top_k: int = 50, batch_size: int = 256, mapp
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="run dir (latest checkpoint) or checkpoints/iter_X")
+    p.add_argument("--checkpoint", required=True,
+                   help="checkpoints/iter_X, or a run dir: its best.json checkpoint (select_best), else the latest")
     p.add_argument("--sequences", required=True, help="parquet with user_id, item_ids (history), e.g. test.parquet")
     p.add_argument("--out", required=True, help="candidates parquet to write")
     p.add_argument("--k", type=int, default=50, help="candidates per user")

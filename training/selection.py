@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sidgr.io import atomic_path
+from sidgr.run_layout import BEST_FILE, checkpoint_name
 
-BEST_FILE = "best.json"
 METRIC = "valid_recall@10"
 
 
@@ -38,7 +38,7 @@ class Selection:
 
     @property
     def best_checkpoint(self) -> str | None:
-        return None if self.best_step is None else f"iter_{self.best_step:07d}"
+        return None if self.best_step is None else checkpoint_name(self.best_step)
 
     @property
     def should_stop(self) -> bool:
