@@ -24,7 +24,12 @@ examples:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
-    parser.add_argument("--items", required=True, help="items.parquet from `sidgr prepare` (item_id, text, ...)")
+    parser.add_argument("--items", required=True,
+                        help="items.parquet from `sidgr prepare` (item_id, text, ...); with --extend: the new items "
+                             "only, ids continuing the catalog")
+    parser.add_argument("--extend", default=None, metavar="MAPPING_DIR",
+                        help="give new items SIDs with this tokenize output's saved tokenizer (existing SIDs "
+                             "unchanged); writes the grown mapping to --out")
     parser.add_argument("--embeddings", default=None,
                         help="use these [N, D] embeddings instead of embedding the text: .npy, or .parquet with "
                              "one list<float> column or numeric columns (row i = item i, or an item_id column)")
@@ -75,6 +80,8 @@ def run(args) -> int:
     if bound:
         with gin.unlock_config():
             gin.parse_config_files_and_bindings(args.gin_file, args.gin, finalize_config=False)
+    if args.extend:
+        return _extend(args)
     try:
         report = _tokenize(args)
     finally:
@@ -94,6 +101,18 @@ def _tokenize(args) -> dict:
                          embed=EmbedConfig(batch_size=args.batch_size, cache_dir=args.cache_dir),
                          progress=not args.no_progress)
     return tokenize(args.items, args.out, cfg, args.embeddings)
+
+
+def _extend(args) -> int:
+    from sidgr.tokenize.embed import EmbedConfig
+    from sidgr.tokenize.extend import extend
+
+    report = extend(args.extend, args.items, args.out, args.embeddings,
+                    EmbedConfig(batch_size=args.batch_size, cache_dir=args.cache_dir), progress=not args.no_progress)
+    print(f"{report['old_items']} + {report['new_items']} new items -> {report['num_items']} items, SIDs "
+          f"{report['codebook_sizes']} in {Path(args.out)} (existing SIDs unchanged; "
+          f"{report['new_sharing_a_semantic_sid']:.1%} of new items share a semantic SID with an existing item)")
+    return 0
 
 
 def _print_summary(args, report: dict) -> None:

@@ -36,7 +36,12 @@ def collision_stats(codes: np.ndarray) -> dict:
 
 def add_dedup_level(codes: np.ndarray) -> tuple[np.ndarray, int]:
     """Append a level: items sharing levels 0..H-1 get 0, 1, 2, ... in item-id order. Its size is the largest
-    collision group (1 when there are no collisions)."""
+    collision group plus headroom (half of it, at least 2), so items added later (`sidgr tokenize --extend`) find
+    free codes under a semantic SID that is already taken."""
     _, rank = collision_groups(codes)
-    size = int(rank.max()) + 1 if rank.size else 1
-    return np.concatenate([codes, rank[None, :]], axis=0), size
+    largest = int(rank.max()) + 1 if rank.size else 1
+    return np.concatenate([codes, rank[None, :]], axis=0), dedup_size(largest)
+
+
+def dedup_size(largest_bucket: int) -> int:
+    return largest_bucket + max(2, largest_bucket // 2)

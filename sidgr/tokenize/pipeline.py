@@ -1,4 +1,5 @@
-"""items.parquet (+ optional embeddings file) -> embeddings -> quantizer -> dedup level -> SID mapping + diagnostics.
+"""items.parquet (+ optional embeddings file) -> embeddings -> quantizer -> dedup level -> SID mapping + diagnostics
+(+ tokenizer.pt: the codebooks, for `sidgr tokenize --extend`).
 
 Outputs go to a staging folder inside OUT and are moved into OUT only once everything has been written, so a
 failure or a kill leaves no partial output (and removes OUT itself when this run created it).
@@ -135,11 +136,14 @@ def staged_outputs(out: Path):
 def write_outputs(out: Path, x: np.ndarray, quantized: Quantized, mapping: SIDMapping, cfg: TokenizeConfig,
                   extra: dict) -> dict:
     from sidgr.tokenize.diagnostics import build_report, plot_code_usage, report_markdown
+    from sidgr.tokenize.extend import TOKENIZER_FILE, tokenizer_state
 
     report = build_report(x, quantized, mapping.codes.numpy(), mapping.codebook_sizes, cfg.dedup)
     report.update(extra)
     with staged_outputs(out) as stage:
         mapping.save(stage / "sids", chunk_size=cfg.chunk_size)
+        torch.save(tokenizer_state(quantized, cfg.method, mapping.meta["embedding_model"], cfg.dedup),
+                   stage / TOKENIZER_FILE)  # what `sidgr tokenize --extend` needs to give new items SIDs
         write_json(stage / "diagnostics.json", report)
         with atomic_path(stage / "diagnostics.md") as tmp:
             tmp.write_text(report_markdown(report))
