@@ -55,6 +55,21 @@ def read_mapping(ckpt: Path) -> SIDMapping:
     raise input_error(path, "path", str(where), "the SID mapping the model was trained with does not exist")
 
 
+def grown_mapping(path: Path, arch: ModelArch, trained: SIDMapping) -> SIDMapping:
+    """The mapping to serve instead of the trained one: it must keep every trained item's SID."""
+    grown = SIDMapping.load(path)
+    n = trained.num_items
+    if (grown.num_levels != trained.num_levels or grown.num_items < n
+            or not bool((grown.codes[:, :n] == trained.codes).all())):
+        raise input_error(path, "--mapping", str(path), f"does not keep the SIDs of the {n} items the model was "
+                                                        "trained with (extend it with `sidgr tokenize --extend`)")
+    if arch.needs_item_ids and grown.num_items != arch.num_items:
+        raise input_error(path, "--mapping", str(path), f"history {arch.history!r} has item-id/prefix tables of "
+                                                        f"the {arch.num_items} trained items: it cannot serve a "
+                                                        "grown catalog")
+    return grown
+
+
 def normalize_key(key: str) -> str:
     """Checkpoint key -> engine naming (prefix-free, TE LayerNorm names mapped), stacked layers untouched."""
     changed = True
@@ -137,15 +152,18 @@ def strip_vocab_padding(tensors: dict[str, torch.Tensor], arch: ModelArch, sourc
     return out
 
 
-def export_checkpoint(ckpt: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """`ckpt`: a checkpoint, or a run directory (its best, else latest, complete checkpoint: resolve_checkpoint)."""
+def export_checkpoint(ckpt: str | os.PathLike, out_dir: str | os.PathLike,
+                      mapping: str | os.PathLike | None = None) -> Path:
+    """`ckpt`: a checkpoint, or a run directory (its best, else latest, complete checkpoint: resolve_checkpoint).
+    `mapping`: serve this SID mapping instead of the one trained with (a catalog grown by `sidgr tokenize
+    --extend`: same codebook sizes, new items appended; the weights do not change)."""
     ckpt = Path(ckpt)
     check_output(Path(out_dir), is_dir=True, replaces=is_engine_dir)  # before the (slow) checkpoint read
     if not ckpt.is_dir():
         raise input_error(ckpt, "checkpoint", str(ckpt), "not a directory")
     ckpt, _ = resolve_checkpoint(ckpt)
     arch = read_arch(ckpt)
-    mapping = read_mapping(ckpt)
+    mapping = read_mapping(ckpt) if mapping is None else grown_mapping(Path(mapping), arch, read_mapping(ckpt))
     tensors = read_model_tensors(ckpt)
     tensors = unstack_layers(tensors, arch.num_layers, ckpt)
     tensors = strip_vocab_padding(tensors, arch, ckpt)

@@ -109,3 +109,30 @@ def test_export_rejects_layer_count_mismatch(tmp_path):
     with pytest.raises(InputError, match="layers=3: arch.json says num_layers=2"):
         export_checkpoint(ckpt, tmp_path / "engine")
     assert not (tmp_path / "engine").exists()
+
+
+def test_export_serves_a_grown_catalog_with_the_same_weights(tmp_path):
+    from sidgr.inference.engine import Engine
+    from sidgr.sid.mapping import SIDMapping
+
+    arch = ModelArch(codebook_sizes=SIZES, hidden_size=16, num_layers=1, num_attention_heads=2,
+                     ffn_hidden_size=32, max_items=5)
+    trained = random_mapping(30, list(SIZES), 1)
+    ckpt = tmp_path / "run" / "checkpoints" / "iter_0000010"
+    write_checkpoint(ckpt, arch, random_state_dict(arch, 3), trained.save(tmp_path / "sids"))
+    taken = {tuple(c) for c in trained.codes.t().tolist()}
+    free = [[a, b, c] for a in range(6) for b in range(5) for c in range(7) if (a, b, c) not in taken][:5]
+    grown_codes = torch.cat([trained.codes, torch.tensor(free).t()], 1)
+    SIDMapping(grown_codes, list(SIZES), dict(trained.meta)).save(tmp_path / "grown")
+    assert main(["export", "--checkpoint", str(ckpt), "--mapping", str(tmp_path / "grown.json"),
+                 "--out", str(tmp_path / "engine")]) == 0
+    files = load_engine(tmp_path / "engine")
+    assert files.mapping.num_items == 35
+    assert all(torch.equal(files.state_dict[k], v) for k, v in random_state_dict(arch, 3).items())
+    ranked = Engine(files).retrieve([torch.tensor([0, 1])], k=33, widths=64, exclude_history=True)
+    assert set(range(30, 35)) <= set(ranked.items[0].tolist())  # the new items are reachable by the beam
+    moved = grown_codes.clone()
+    moved[0, 0] = (moved[0, 0] + 1) % SIZES[0]
+    SIDMapping(moved, list(SIZES), dict(trained.meta)).save(tmp_path / "moved")
+    with pytest.raises(InputError, match="does not keep the SIDs"):
+        export_checkpoint(ckpt, tmp_path / "engine2", tmp_path / "moved.json")
