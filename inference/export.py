@@ -18,6 +18,7 @@ import torch
 from sidgr.arch import ModelArch
 from sidgr.errors import input_error
 from sidgr.io import check_output
+from sidgr.logs import get_logger
 from sidgr.run_layout import resolve_checkpoint
 from sidgr.sid.mapping import SIDMapping
 
@@ -161,7 +162,12 @@ def export_checkpoint(ckpt: str | os.PathLike, out_dir: str | os.PathLike,
     check_output(Path(out_dir), is_dir=True, replaces=is_engine_dir)  # before the (slow) checkpoint read
     if not ckpt.is_dir():
         raise input_error(ckpt, "checkpoint", str(ckpt), "not a directory")
-    ckpt, _ = resolve_checkpoint(ckpt)
+    given = ckpt
+    ckpt, found = resolve_checkpoint(ckpt)
+    if ckpt != given:
+        which = "the best (best.json)" if ckpt != found[-1] else "the latest complete"
+        get_logger("sidgr.export").info(f"{given}: exporting {which} checkpoint {ckpt.name} (of "
+                                        f"{', '.join(p.name for p in found)}; pass one of them to pick another)")
     arch = read_arch(ckpt)
     mapping = read_mapping(ckpt) if mapping is None else grown_mapping(Path(mapping), arch, read_mapping(ckpt))
     tensors = read_model_tensors(ckpt)

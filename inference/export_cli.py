@@ -17,20 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from pathlib import Path
-
-    from sidgr.run_layout import resolve_checkpoint
-
     from .export import export_checkpoint
 
-    log = get_logger("sidgr.export")
-    given = Path(args.checkpoint)
-    if given.is_dir():
-        picked, found = resolve_checkpoint(given)
-        if picked != given:
-            which = "the best (best.json)" if picked != found[-1] else "the latest complete"
-            log.info(f"{given}: exporting {which} checkpoint {picked.name} (of "
-                     f"{', '.join(p.name for p in found)}; pass one of them to pick another)")
     out = export_checkpoint(args.checkpoint, args.out, args.mapping)
-    log.info(f"wrote engine {out}")
+    get_logger("sidgr.export").info(f"wrote engine {out}")
     return 0
