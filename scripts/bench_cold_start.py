@@ -44,10 +44,25 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
+def users_of(path: Path, cands: Path, out: Path) -> Path:
+    """The candidate rows of the users in `path` (evaluate scores exactly the target file's users)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from sidgr.data.sequences import write_table_atomic
+
+    users = pq.read_table(path, columns=["user_id"])["user_id"]
+    table = pq.read_table(cands)
+    write_table_atomic(out, table.filter(pc.is_in(table["user_id"], value_set=pa.array(users))))
+    return out
+
+
 def evaluate_subsets(run: Runner, name: str, cands: Path, data: Path, out: Path, bootstrap: int) -> None:
     for subset in SUBSETS:
         targets = data / ("test.parquet" if subset == "all" else f"test_{subset}.parquet")
-        run(f"eval_{name}_{subset}", sidgr("evaluate", "--candidates", cands, "--targets", targets, "--items",
+        rows = cands if subset == "all" else users_of(targets, cands,
+                                                      cands.with_name(f"{cands.stem}_{subset}.parquet"))
+        run(f"eval_{name}_{subset}", sidgr("evaluate", "--candidates", rows, "--targets", targets, "--items",
                                            data / "items.parquet", "--out", out / name / subset,
                                            "--bootstrap", bootstrap, "--ks", "10,50"))
 
