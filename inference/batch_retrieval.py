@@ -36,6 +36,7 @@ class RetrievalParams:
     exclude_history: bool
     exact: bool
     batch_size: int
+    new_items: str = "model"
 
 
 def retrieve_file(engine: Engine, engine_dir, sequences, out, params: RetrievalParams,
@@ -60,7 +61,8 @@ def retrieve_file(engine: Engine, engine_dir, sequences, out, params: RetrievalP
             if not shard.owns(i) or part.exists():
                 continue
             histories = [torch.from_numpy(batch.items.row(u)) for u in range(batch.num_users)]
-            ranked = engine.retrieve(histories, params.k, params.widths, params.exclude_history, params.exact)
+            ranked = engine.retrieve(histories, params.k, params.widths, params.exclude_history, params.exact,
+                                     params.new_items)
             write_candidates(part, Candidates(batch.user_ids, *ranked.to_ragged()))
             written += 1
             if written == fail_after:

@@ -156,10 +156,11 @@ def _expand_step(index: PrefixIndex, logits: torch.Tensor, cum: torch.Tensor,
 
 @torch.no_grad()
 def beam_search(model: EngineModel, index: PrefixIndex, bos_hidden: torch.Tensor, history: HistoryCache,
-                widths: list[int], exclude: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                widths: list[int], exclude: list | None = None, keep_depth: int | None = None):
     """H constrained steps from the prefill's BOS hidden state [B, h].
     exclude: per step, (user rows, parents, codes) never to be chosen (`fully_seen_prefixes`).
-    Returns final leaves [B, W'] (-1 = dead beam) and their SID log-likelihoods [B, W'] (-inf when dead)."""
+    Returns final leaves [B, W'] (-1 = dead beam) and their SID log-likelihoods [B, W'] (-inf when dead); with
+    keep_depth = d also the beams' depth-d prefix nodes and log-probabilities (for `backoff_candidates`)."""
     arch = model.arch
     H, B = arch.num_levels, bos_hidden.shape[0]
     cum = torch.zeros(B, 1)
@@ -176,20 +177,57 @@ def beam_search(model: EngineModel, index: PrefixIndex, bos_hidden: torch.Tensor
         logits = model.level_logits(hidden, depth)
         cum, parent, codes, nodes = _expand_step(index, logits, cum, nodes, depth, widths[depth],
                                                  exclude[depth] if exclude is not None else None)
+        if depth + 1 == keep_depth:
+            kept = (nodes.clone(), cum.clone())
         if depth < H - 1 and depth > 0:
             cache = cache.reorder(parent)
-    return nodes, cum
+    return (nodes, cum) if keep_depth is None else (nodes, cum, *kept)
+
+
+def backoff_candidates(paths: ItemPaths, new_items: torch.Tensor, depth: int, prefix_nodes: torch.Tensor,
+                       prefix_scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Items the model has never seen (added by `tokenize --extend`) under the beam's depth-d prefixes, each scored
+    as an average item of its prefix: log P(prefix) - log(catalog items below the prefix). The model has evidence
+    for the prefix (shared with trained items) but none for the new item's own suffix, which a trained model
+    gives almost no mass (it never saw that suffix under this prefix). Returns (user rows, items, scores)."""
+    B, W = prefix_nodes.shape
+    node_of_new = paths.nodes[depth][new_items]
+    order = node_of_new.argsort(stable=True)
+    sorted_nodes, sorted_items = node_of_new[order], new_items[order]
+    flat_nodes = prefix_nodes.reshape(-1)
+    live = flat_nodes >= 0
+    start = torch.searchsorted(sorted_nodes, flat_nodes.clamp(min=0))
+    count = torch.where(live, torch.searchsorted(sorted_nodes, flat_nodes.clamp(min=0), right=True) - start, 0)
+    owner = torch.repeat_interleave(torch.arange(B * W), count)
+    first = torch.repeat_interleave(start - (torch.cumsum(count, 0) - count), count)
+    items = sorted_items[torch.arange(owner.numel()) + first]
+    node = flat_nodes[owner]
+    scores = prefix_scores.reshape(-1)[owner] - paths.sizes[depth][node].float().log()
+    return owner // W, items, scores
 
 
 def rank_items(index: PrefixIndex, leaves: torch.Tensor, scores: torch.Tensor, k: int,
-               seen: tuple[torch.Tensor, torch.Tensor] | None = None) -> Ranked:
+               seen: tuple[torch.Tensor, torch.Tensor] | None = None, extra=None, item_leaves=None) -> Ranked:
     """Leaves [B, W] with scores -> top-k items per user: every item of a leaf gets the leaf's score;
-    order: score desc, then SID (leaf id) asc, then item id asc. `seen` (user rows, items) are dropped."""
+    order: score desc, then SID (leaf id) asc, then item id asc. `seen` (user rows, items) are dropped.
+    extra: more (user rows, items, scores) candidates (`backoff_candidates`; item_leaves [N] maps items to
+    leaves); an item found both ways keeps its higher score."""
     B, W = leaves.shape
     live = (leaves >= 0).reshape(-1).nonzero().squeeze(1)
     items, owner = index.leaf_to_items(leaves.reshape(-1)[live])
     flat = live[owner]
     users, item_scores, item_leaf = flat // W, scores.reshape(-1)[flat], leaves.reshape(-1)[flat]
+    if extra is not None and extra[0].numel():
+        users, items = torch.cat([users, extra[0]]), torch.cat([items, extra[1]])
+        item_scores, item_leaf = torch.cat([item_scores, extra[2]]), torch.cat([item_leaf, item_leaves[extra[1]]])
+        n = int(items.max()) + 1
+        order = item_scores.argsort(descending=True, stable=True)
+        order = order[(users[order] * n + items[order]).argsort(stable=True)]
+        key = users[order] * n + items[order]
+        first = torch.ones_like(key, dtype=torch.bool)
+        first[1:] = key[1:] != key[:-1]
+        keep = order[first]  # the best score of each (user, item)
+        users, items, item_scores, item_leaf = users[keep], items[keep], item_scores[keep], item_leaf[keep]
     if seen is not None and seen[0].numel():
         n = int(max(int(items.max()) if items.numel() else 0, int(seen[1].max()))) + 1
         seen_keys = (seen[0] * n + seen[1]).sort().values

@@ -12,7 +12,8 @@ from sidgr.errors import input_error
 from sidgr.token_layout import prefill_layout
 from sidgr.sid.prefix_index import PrefixIndex
 
-from .beam import ItemPaths, Ranked, beam_search, beam_widths, fully_seen_prefixes, history_pairs, rank_items
+from .beam import (ItemPaths, Ranked, backoff_candidates, beam_search, beam_widths, fully_seen_prefixes,
+                   history_pairs, rank_items)
 from .exact import exact_top_leaves
 from .model import EngineModel
 from .weights import EngineFiles, load_engine
@@ -68,19 +69,37 @@ class Engine:
         batch = prefill_layout(sids, lengths, self.arch.level_offsets, self.arch.history, pids)
         return self.model.prefill(batch, lengths)
 
+    @property
+    def new_items(self) -> torch.Tensor:
+        """Items added to the catalog after training (`sidgr tokenize --extend`): the model never saw them."""
+        start = int(self.mapping.meta.get("extended", {}).get("from_items", self.mapping.num_items))
+        return torch.arange(start, self.mapping.num_items)
+
+    @property
+    def backoff_depth(self) -> int:
+        """The prefix depth new items are scored at: every semantic level but the last."""
+        return max(1, self.arch.num_levels - 1 - int(self.mapping.has_dedup_level))
+
     @torch.no_grad()
     def retrieve(self, histories: list[torch.Tensor], k: int, widths: int | list[int],
-                 exclude_history: bool = False, exact: bool = False) -> Ranked:
+                 exclude_history: bool = False, exact: bool = False, new_items: str = "model") -> Ranked:
         """Top-k catalog items for each history (item ids, time order; the last max_history are used).
 
         widths: the beam width (int) or one width per level; k must not exceed the last one. exclude_history:
         never return an item of the history; with every width >= k each user then gets min(k, unseen catalog
         items) items. exact: score every item's SID instead of beam search (slow, the
-        reference). Only real catalog items come out; users with fewer reachable items get -1 padding."""
+        reference). new_items: "model" scores items added after training like any other (the trained model gives
+        their unseen SID suffixes almost no mass); "backoff" also ranks each new item under the beam's prefixes
+        of depth `backoff_depth` as an average item of its prefix (`backoff_candidates`; beam search only).
+        Only real catalog items come out; users with fewer reachable items get -1 padding."""
         histories = [torch.as_tensor(h, dtype=torch.int64).reshape(-1) for h in histories]
         self.check_histories(histories)
         bos_hidden, cache = self.prefill(histories)
         seen = history_pairs(histories) if exclude_history else None
+        if new_items not in ("model", "backoff"):
+            raise input_error("retrieve", "new_items", new_items, "expected 'model' or 'backoff'")
+        if exact and new_items == "backoff":
+            raise input_error("retrieve", "new_items", new_items, "backoff scoring needs beam search, not --exact")
         if exact:
             # k leaves hold >= k items; each excluded history item can remove at most one leaf
             keep = k + (max(len(torch.unique(h)) for h in histories) if exclude_history else 0)
@@ -90,5 +109,11 @@ class Engine:
         if k > ws[-1]:
             raise input_error("retrieve", "k", k, f"larger than the final beam width {ws[-1]}")
         exclude = fully_seen_prefixes(self.index, self.paths, *seen) if seen is not None else None
-        leaves, scores = beam_search(self.model, self.index, bos_hidden, cache, ws, exclude)
-        return rank_items(self.index, leaves, scores, k, seen)
+        if new_items == "model" or not self.new_items.numel():
+            leaves, scores = beam_search(self.model, self.index, bos_hidden, cache, ws, exclude)
+            return rank_items(self.index, leaves, scores, k, seen)
+        d = self.backoff_depth
+        leaves, scores, prefixes, prefix_scores = beam_search(self.model, self.index, bos_hidden, cache, ws,
+                                                              exclude, keep_depth=d)
+        extra = backoff_candidates(self.paths, self.new_items, d, prefixes, prefix_scores)
+        return rank_items(self.index, leaves, scores, k, seen, extra, self.paths.nodes[-1])

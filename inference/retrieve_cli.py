@@ -23,6 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--include-history", action="store_true",
                    help="let items of the user's history be returned (default: never)")
     p.add_argument("--exact", action="store_true", help="score every catalog item exactly instead of beam search")
+    p.add_argument("--new-items", choices=["model", "backoff"], default="model",
+                   help="items added after training (sidgr tokenize --extend): scored by the model like any other, "
+                        "or also ranked as an average item of their beam prefix (cold start; beam only)")
     p.add_argument("--batch-size", type=int, default=64, help="users per batch")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--nproc", type=int, default=1,
@@ -61,7 +64,9 @@ def run(args) -> int:
     widths = beam_widths(parse_widths(args), engine.arch.num_levels, "--beam-width(s)")
     if not args.exact and args.k > widths[-1]:
         raise input_error("--k", "k", args.k, f"larger than the final beam width {widths[-1]}")
-    params = RetrievalParams(args.k, widths, not args.include_history, args.exact, args.batch_size)
+    if args.exact and args.new_items == "backoff":
+        raise input_error("--new-items", "new_items", args.new_items, "backoff scoring needs beam search, not --exact")
+    params = RetrievalParams(args.k, widths, not args.include_history, args.exact, args.batch_size, args.new_items)
     if args.nproc > 1 and not under_torchrun():  # arguments checked here: a bad one is one line, not a banner
         cmd = torchrun_argv(args.nproc, args.command_argv)
         sys.stdout.flush()

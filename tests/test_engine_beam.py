@@ -190,3 +190,43 @@ def test_all_equal_logits_tie_the_same_way_in_beam_and_exact(exclude):
     for h, row in zip(hist, exact.items):
         seen = set(h.tolist()) if exclude else set()
         assert row.tolist() == [i for i in sid_order if i not in seen][:30]
+
+
+# ---- items added after training (sidgr tokenize --extend) ------------------------------------------------------
+def extended_engine(num_old=40, num_new=12, sizes=(4, 5), seed=3):
+    arch = ModelArch(codebook_sizes=sizes, hidden_size=32, num_layers=2, num_attention_heads=4,
+                     ffn_hidden_size=64, max_items=6)
+    full = random_mapping(num_old + num_new, list(sizes), seed=seed, unique=False)
+    full.meta = {"extended": {"from_items": num_old}}  # items num_old.. were added after training
+    return Engine(EngineFiles(arch, random_state_dict(arch, seed), full, "test"))
+
+
+def test_backoff_ranks_new_items_as_the_average_item_of_their_prefix():
+    eng = extended_engine()
+    hist = [torch.tensor([0, 41]), torch.tensor([5, 6, 7])]
+    assert eng.backoff_depth == 1  # two levels, no dedup level: new items are scored at their first code
+    model_only = eng.retrieve(hist, k=52, widths=64, exclude_history=True)
+    ranked = eng.retrieve(hist, k=52, widths=64, exclude_history=True, new_items="backoff")
+    bos, _ = eng.prefill(hist)
+    logp0 = eng.model.level_log_probs(bos, 0)  # [B, C0]: the depth-1 prefix log-probabilities
+    codes = eng.mapping.codes
+    for b, h in enumerate(hist):
+        keep = ranked.items[b] >= 0
+        items, scores = ranked.items[b][keep].tolist(), ranked.scores[b][keep].tolist()
+        got = dict(zip(items, scores))
+        assert len(items) == 52 - len(h)  # every unseen item once (k >= catalog)
+        assert len(set(items)) == len(items) and not set(h.tolist()) & set(items)
+        model_scores = dict(zip(model_only.items[b].tolist(), model_only.scores[b].tolist()))
+        for item in range(40, 52):
+            if item in h.tolist():
+                continue
+            c0 = int(codes[0, item])
+            backoff = float(logp0[b, c0]) - float(torch.tensor(float((codes[0] == c0).sum())).log())
+            # the better of its two scores: the model's own full-SID likelihood, or the prefix back-off
+            assert got[item] == pytest.approx(max(backoff, model_scores[item]), abs=1e-5), item
+        for item in range(40):  # trained items keep the model's score
+            if item in got:
+                assert got[item] == pytest.approx(model_scores[item], abs=1e-6)
+        assert scores == sorted(scores, reverse=True)
+    with pytest.raises(InputError, match="needs beam search"):
+        eng.retrieve(hist, k=5, widths=64, exact=True, new_items="backoff")
