@@ -99,7 +99,7 @@ def test_bad_extensions_are_one_line_errors_and_write_nothing(catalog):
     new = tmp / "new.parquet"
     cases = [
         (items_file(tmp / "overlap.parquet", range(OLD - 1, OLD + NEW - 1)), "already exists"),
-        (items_file(tmp / "gap.parquet", [OLD + i + (i > 5) for i in range(NEW)]), "contiguous after the catalog"),
+        (items_file(tmp / "gap.parquet", [OLD + i + (i > 5) for i in range(NEW)]), r"contiguous after the catalog"),
         (items_file(tmp / "null.parquet", range(OLD, OLD + NEW), [None] + ["x"] * (NEW - 1)), "text is null"),
     ]
     for path, message in cases:

@@ -39,35 +39,6 @@ def load_tokenizer(mapping_dir: Path) -> dict:
     return state
 
 
-def read_new_items(path: str | os.PathLike, first_id: int) -> list[str]:
-    """Texts of the new items, whose ids must be first_id, first_id + 1, … (after the existing catalog)."""
-    import pyarrow.parquet as pq
-
-    path = Path(path)
-    if not path.is_file():
-        raise input_error(path, "--items", str(path), "file does not exist")
-    table = pq.read_table(path)
-    for col in ("item_id", "text"):
-        if col not in table.column_names:
-            raise input_error(path, "columns", table.column_names, f"missing column {col!r}")
-    ids = table.column("item_id").to_numpy(zero_copy_only=False).astype(np.int64)
-    if ids.size == 0:
-        raise input_error(path, "rows", 0, "no new items")
-    if ids.min() < first_id:
-        raise input_error(path, "item_id", int(ids.min()), f"already exists (the catalog has items 0..{first_id - 1})")
-    order = np.argsort(ids, kind="stable")
-    want = np.arange(first_id, first_id + ids.size)
-    if not np.array_equal(ids[order], want):
-        bad = int(np.flatnonzero(ids[order] != want)[0])
-        raise input_error(path, "item_id", int(ids[order][bad]),
-                          f"new item ids must be contiguous after the catalog: {first_id}..{first_id + ids.size - 1}")
-    texts = table.column("text").to_pylist()
-    for row, text in enumerate(texts):
-        if text is None:
-            raise input_error(path, f"row {row} text", None, "item text is null")
-    return [texts[i] for i in order]
-
-
 def assign_codes(x: np.ndarray, codebooks: list[np.ndarray]) -> np.ndarray:
     """[M, D] -> [L, M]: residual quantization with fixed codebooks (nearest codeword per level)."""
     residual = x.astype(np.float32).copy()
@@ -119,13 +90,15 @@ def extend(mapping_dir: str | os.PathLike, items: str | os.PathLike, out: str | 
 
     from sidgr.io import check_output, write_json
     from sidgr.tokenize.embed import EmbedConfig, embed_texts, load_embedding_file
-    from sidgr.tokenize.pipeline import is_tokenize_dir, staged_outputs
+    from sidgr.tokenize.pipeline import is_tokenize_dir, read_item_texts, staged_outputs
 
     mapping_dir, out = Path(mapping_dir), Path(out)
     check_output(out, is_dir=True, replaces=is_tokenize_dir)
     old = SIDMapping.load(mapping_dir / "sids.json")
     state = load_tokenizer(mapping_dir)
-    texts = read_new_items(items, old.num_items)
+    texts = read_item_texts(items, first_id=old.num_items)
+    if not texts:
+        raise input_error(items, "rows", 0, "no new items")
     model = state["embedding_model"]
     if model.startswith("file:") and embeddings is None:
         raise input_error(mapping_dir, "embedding_model", model, "the catalog was tokenized from precomputed "

@@ -42,22 +42,28 @@ class TokenizeConfig:
     progress: bool = True
 
 
-def read_item_texts(path: str | os.PathLike) -> list[str]:
-    """Texts in item-id order; item ids must be 0..N-1."""
+def read_item_texts(path: str | os.PathLike, first_id: int = 0) -> list[str]:
+    """Texts in item-id order; item ids must be first_id .. first_id + n - 1 (0..N-1 for a catalog; the ids after
+    the catalog for the new items of `sidgr tokenize --extend`)."""
     import pyarrow.parquet as pq
 
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise input_error(path, "path", str(path), "items file does not exist (run `sidgr prepare` first)")
     table = pq.read_table(path)
     for col in ("item_id", "text"):
         if col not in table.column_names:
             raise input_error(path, "columns", table.column_names, f"missing column {col!r}")
-    ids = table.column("item_id").to_numpy(zero_copy_only=False)
+    ids = table.column("item_id").to_numpy(zero_copy_only=False).astype(np.int64)
+    if first_id and ids.size and ids.min() < first_id:
+        raise input_error(path, "item_id", int(ids.min()), f"already exists (the catalog has items 0..{first_id - 1})")
     order = np.argsort(ids, kind="stable")
-    if not np.array_equal(ids[order], np.arange(len(ids))):
-        bad = int(np.flatnonzero(ids[order] != np.arange(len(ids)))[0])
-        raise input_error(path, f"item_id (sorted row {bad})", int(ids[order][bad]), "item ids must be 0..N-1")
+    want = np.arange(first_id, first_id + ids.size)
+    if not np.array_equal(ids[order], want):
+        bad = int(np.flatnonzero(ids[order] != want)[0])
+        where = " (contiguous after the catalog)" if first_id else ""
+        raise input_error(path, f"item_id (sorted row {bad})", int(ids[order][bad]),
+                          f"item ids must be {first_id}..{first_id + ids.size - 1}{where}")
     texts = table.column("text").to_pylist()
     for row, text in enumerate(texts):
         if text is None:
