@@ -80,8 +80,10 @@ def item_arch(arch: ModelArch, catalog: ItemCatalog, item_input: str) -> ModelAr
 
     if item_input not in ITEM_INPUTS:
         raise ValueError(f"item_input={item_input!r}: expected one of {ITEM_INPUTS}")
-    return replace(arch, extra={"kind": "item", "item_input": item_input, "num_items": catalog.num_items,
-                                "prefix_counts": list(catalog.prefix_counts)})
+    # ModelConfig.history is SID-GR's: an item model's input is item_input (configs may share one ModelConfig)
+    return replace(arch, history="codes", num_items=0, prefix_counts=(),
+                   extra={"kind": "item", "item_input": item_input, "num_items": catalog.num_items,
+                          "prefix_counts": list(catalog.prefix_counts)})
 
 
 # ---- layouts -------------------------------------------------------------------------------------------------
