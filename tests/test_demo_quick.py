@@ -146,7 +146,7 @@ def test_no_candidate_is_invalid_repeated_or_in_the_history(demo):
                  for t in [pq.read_table(data / f"{split}.parquet", columns=["user_id", "item_ids"]).to_pydict()]}
     lists = [(demo / d / "test_candidates.parquet", "test") for d in RUN_DIRS.values()]
     lists += [(p, "test") for p in sorted((demo / "beam_sweep").glob("*.parquet"))]
-    lists += [(p, "valid") for p in sorted(demo.glob("sidgr_*/valid/*.parquet"))]
+    lists += [(p, "valid") for p in sorted(demo.glob("sidgr_*/selection/*.parquet"))]  # the trainer's scoring
     assert len(lists) >= len(RUN_DIRS) + 2 + 3
     for path, split in lists:
         table = pq.read_table(path, columns=["user_id", "item_ids"]).to_pydict()

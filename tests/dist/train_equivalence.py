@@ -140,7 +140,7 @@ def level_softmax_reference(data_dir: str) -> dict:
     model.eval()
     batch, _ = real_batch(data_dir, 0, 1)
     tb = layout_for(batch, "all", model.arch, torch.device("cpu"))
-    hidden = model(tb.tokens, tb.is_bos, tb.positions, tb.attention_mask)
+    hidden = model(*tb.model_inputs())
     tl = token_losses(model, hidden, tb)
     logits = model.head_logits(0, hidden[tl.cols, tl.rows])
     labels = tb.labels[tl.rows, tl.cols]
@@ -162,7 +162,7 @@ def all_vs_last(data_dir: str, num_layers: int) -> dict:
     model.eval()
     batch, _ = real_batch(data_dir, 0, 1)
     tb = layout_for(batch, "all", model.arch, torch.device("cpu"))
-    tl = token_losses(model, model(tb.tokens, tb.is_bos, tb.positions, tb.attention_mask), tb)
+    tl = token_losses(model, model(*tb.model_inputs()), tb)
     item = tb.item_index[tl.rows, tl.cols]
     all_mode, last_mode = [], []
     for b in range(batch.real_size):
@@ -171,7 +171,7 @@ def all_vs_last(data_dir: str, num_layers: int) -> dict:
             all_mode.append(tl.losses[(tl.rows == b) & (item == k)])
             prefix = Batch(batch.sids[b:b + 1].clone(), torch.tensor([k + 1]), batch.user_ids[b:b + 1], 1)
             ptb = layout_for(prefix, "last", model.arch, torch.device("cpu"))
-            ptl = token_losses(model, model(ptb.tokens, ptb.is_bos, ptb.positions, ptb.attention_mask), ptb)
+            ptl = token_losses(model, model(*ptb.model_inputs()), ptb)
             last_mode.append(ptl.losses)
     return {"all": torch.cat(all_mode), "last": torch.cat(last_mode)}
 
