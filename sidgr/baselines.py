@@ -56,7 +56,7 @@ def popularity_candidates(counts: np.ndarray, history: Ragged, k: int, exclude_h
 
 def run_popularity(train_path, queries_path, items, out_path, top_k: int = 50, exclude_history: bool = True) -> dict:
     if top_k <= 0:
-        raise input_error("--top-k", "top_k", top_k, "must be positive")
+        raise input_error("--k", "k", top_k, "must be positive")
     num_items = read_num_items(items)
     counts = np.bincount(read_sequences(train_path, False, False, num_items=num_items).item_ids, minlength=num_items)
     queries = read_sequences(queries_path, False, False, num_items=num_items)
