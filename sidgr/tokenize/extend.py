@@ -39,16 +39,20 @@ def load_tokenizer(mapping_dir: Path) -> dict:
     return state
 
 
-def assign_codes(x: np.ndarray, codebooks: list[np.ndarray]) -> np.ndarray:
-    """[M, D] -> [L, M]: residual quantization with fixed codebooks (nearest codeword per level)."""
-    residual = x.astype(np.float32).copy()
-    codes = []
-    for book in codebooks:
-        d = (residual ** 2).sum(1, keepdims=True) - 2 * residual @ book.T + (book ** 2).sum(1)[None, :]
-        level = d.argmin(1)
-        residual -= book[level]
-        codes.append(level)
-    return np.stack(codes).astype(np.int64)
+def assign_codes(x: np.ndarray, codebooks: list[np.ndarray], chunk: int = 1 << 16) -> np.ndarray:
+    """[M, D] -> [L, M]: residual quantization with fixed codebooks (nearest codeword per level), in row chunks
+    so the distance matrix stays small."""
+    out = []
+    for start in range(0, x.shape[0], chunk):
+        residual = x[start:start + chunk].astype(np.float32)
+        codes = []
+        for book in codebooks:
+            d = -2 * residual @ book.T + (book ** 2).sum(1)[None, :]  # + |r|^2, the same for every codeword
+            level = d.argmin(1)
+            residual = residual - book[level]
+            codes.append(level)
+        out.append(np.stack(codes))
+    return np.concatenate(out, axis=1).astype(np.int64) if out else np.zeros((len(codebooks), 0), np.int64)
 
 
 def next_dedup_codes(old: np.ndarray, new_semantic: np.ndarray, size: int, source) -> np.ndarray:
