@@ -92,14 +92,14 @@ class Engine:
         their unseen SID suffixes almost no mass); "backoff" also ranks each new item under the beam's prefixes
         of depth `backoff_depth` as an average item of its prefix (`backoff_candidates`; beam search only).
         Only real catalog items come out; users with fewer reachable items get -1 padding."""
-        histories = [torch.as_tensor(h, dtype=torch.int64).reshape(-1) for h in histories]
-        self.check_histories(histories)
-        bos_hidden, cache = self.prefill(histories)
-        seen = history_pairs(histories) if exclude_history else None
         if new_items not in ("model", "backoff"):
             raise input_error("retrieve", "new_items", new_items, "expected 'model' or 'backoff'")
         if exact and new_items == "backoff":
             raise input_error("retrieve", "new_items", new_items, "backoff scoring needs beam search, not --exact")
+        histories = [torch.as_tensor(h, dtype=torch.int64).reshape(-1) for h in histories]
+        self.check_histories(histories)
+        bos_hidden, cache = self.prefill(histories)
+        seen = history_pairs(histories) if exclude_history else None
         if exact:
             # k leaves hold >= k items; each excluded history item can remove at most one leaf
             keep = k + (max(len(torch.unique(h)) for h in histories) if exclude_history else 0)
