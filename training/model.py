@@ -3,9 +3,9 @@
 Input embedding = (shared code table `embedding.codes`, rows offset by level | an ITEM token, see SIDEmbedding |
 learned `embedding.bos`) + learned absolute position `embedding.positions`, then dropout. Decoder: a Megatron
 `TransformerBlock` from a layer spec (local spec on CPU, Transformer Engine spec on GPU when installed) with a final
-LayerNorm. Heads: vocab-parallel `ColumnParallelLinear`s without bias, `heads.0` over all levels' codes ('shared') or `heads.{h}` per level.
-Code tables are padded to a multiple of lcm(vocab_pad_multiple, TP); padded rows are never indexed and padded
-logits are masked in the loss (export strips them).
+LayerNorm. Heads: vocab-parallel `ColumnParallelLinear`s without bias, `heads.0` over all levels' codes ('shared')
+or `heads.{h}` per level. Code tables are padded to a multiple of lcm(vocab_pad_multiple, TP); padded rows are never
+indexed and padded logits are masked in the loss (export strips them).
 """
 from __future__ import annotations
 
