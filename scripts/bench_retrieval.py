@@ -46,8 +46,9 @@ def make_histories(B: int, L: int, num_items: int, seed: int = 1) -> list[torch.
     return [torch.randint(num_items, (L,), generator=g) for _ in range(B)]
 
 
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
+def timed(fn, repeats: int, warmup: bool = True) -> float:
+    if warmup:
+        fn()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -187,6 +188,55 @@ def brute_force(engine: Engine, bf_index: BruteForceIndex, hist, widths):
     return beam_mod.beam_search(engine.model, bf_index, bos_hidden, cache, widths)
 
 
+# ---- (c) the peer: Hugging Face transformers constrained beam search --------------------------------------
+class CatalogTrie:
+    """What TIGER/GRID-style code passes as `prefix_allowed_tokens_fn`: a dict from the generated prefix (global
+    code ids) to the global ids allowed next, looked up once per beam per step."""
+
+    def __init__(self, codes: torch.Tensor, offsets, prompt_len: int):
+        glob = (codes.t() + torch.as_tensor(list(offsets))).tolist()  # [N, H] global ids
+        self.prompt_len, self.allowed = prompt_len, {}
+        for sid in glob:
+            for depth in range(len(sid)):
+                self.allowed.setdefault(tuple(sid[:depth]), set()).add(sid[depth])
+        self.allowed = {key: sorted(v) for key, v in self.allowed.items()}
+        self.dead = [0]  # a beam of score -inf on no real prefix (more beams than prefixes): keep it dead
+
+    def __call__(self, batch_id: int, input_ids: torch.Tensor) -> list[int]:
+        return self.allowed.get(tuple(input_ids[self.prompt_len:].tolist()), self.dead)
+
+
+def peer_model(arch: ModelArch, max_len: int, seed: int = 0):
+    """A GPT-2 decoder of the engine's shapes (pre-LN, GELU, biases; vocab = all codes + BOS + pad), random
+    weights: the engine's model does not map onto GPT-2 (item-slot positions, a softmax per level), so only
+    throughput compares."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=arch.vocab_size + 2, n_positions=max_len, n_embd=arch.hidden_size,
+                     n_layer=arch.num_layers, n_head=arch.num_attention_heads, n_inner=arch.ffn_hidden_size,
+                     activation_function="gelu", bos_token_id=arch.vocab_size, eos_token_id=None,
+                     pad_token_id=arch.vocab_size + 1)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+def peer_inputs(engine: Engine, hist) -> torch.Tensor:
+    """[B, L*H + 1]: each history item's global code ids in order, then BOS (all histories of one length)."""
+    arch = engine.arch
+    offsets = torch.as_tensor(list(arch.level_offsets))
+    rows = [(engine.mapping.pid_to_sid(x) + offsets).reshape(-1) for x in hist]
+    bos = torch.full((len(hist), 1), arch.vocab_size)
+    return torch.cat([torch.stack(rows), bos], 1)
+
+
+@torch.no_grad()
+def peer_generate(model, trie: CatalogTrie, inputs: torch.Tensor, W: int, levels: int) -> torch.Tensor:
+    out = model.generate(inputs, attention_mask=torch.ones_like(inputs), num_beams=W, num_return_sequences=W,
+                         max_new_tokens=levels, min_new_tokens=levels, do_sample=False, early_stopping=True,
+                         prefix_allowed_tokens_fn=trie, pad_token_id=model.config.pad_token_id)
+    return out[:, inputs.shape[1]:]
+
+
 # ---- constraint share ----------------------------------------------------------------------------------------
 @contextmanager
 def constraint_timer(index: PrefixIndex, acc: list):
@@ -257,6 +307,19 @@ def decode_memory(engine: Engine, hist, widths) -> int:
     return mode.peak
 
 
+# ---- profile ------------------------------------------------------------------------------------------------
+def profile_ours(engine: Engine, B: int, W: int, L: int, args) -> None:
+    """Where one retrieval's time goes, by operator (self CPU time), and the share of the fp32 matmul peak."""
+    from torch.profiler import ProfilerActivity, profile
+
+    hist, widths = make_histories(B, L, args.catalog), beam_widths(W, engine.arch.num_levels)
+    ours(engine, hist, widths)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        ours(engine, hist, widths)
+    print(f"\nprofile of ours at B={B}, W={W}, history {L} (self CPU time by operator):")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=40))
+
+
 # ---- driver --------------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -274,6 +337,11 @@ def main(argv=None) -> int:
                    help="skip baseline (a) when B*T^2 (packed attention size) exceeds this")
     p.add_argument("--brute-max-compares", type=float, default=3e10,
                    help="skip baseline (b) when B*W*N*H compares exceed this")
+    p.add_argument("--peer-max-tokens", type=float, default=4e6,
+                   help="skip the transformers peer when B*W*(prompt tokens) (its per-beam KV cache rows) exceeds this")
+    p.add_argument("--no-peer", action="store_true", help="skip the transformers peer (c)")
+    p.add_argument("--profile", action="store_true",
+                   help="profile ours at the largest batch, W=1024 (or the widest below) and the first history")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     if args.quick:
@@ -294,9 +362,14 @@ def main(argv=None) -> int:
           f"{args.layers} layers")
     rows = []
     header = (f"{'B':>3} {'W':>5} {'hist':>4} | {'ours ms':>9} {'cand/s':>10} {'GFLOP/s':>8} {'%peak':>6} "
-              f"{'constr%':>7} | {'(a) ms':>9} {'x(a)':>6} {'flop x':>6} | {'(b) ms':>9} {'x(b)':>6}")
+              f"{'constr%':>7} | {'(a) ms':>9} {'x(a)':>6} {'flop x':>6} | {'(b) ms':>9} {'x(b)':>6} | "
+              f"{'peer ms':>9} {'x peer':>7}")
     print(header)
     for L in ints(args.history):
+        prompt = L * H + 1
+        if not args.no_peer:
+            peer, trie = peer_model(engine.arch, prompt + H), CatalogTrie(engine.mapping.codes,
+                                                                        engine.arch.level_offsets, prompt)
         for B in ints(args.batch_sizes):
             hist = make_histories(B, L, args.catalog)
             for W in ints(args.widths):
@@ -314,18 +387,25 @@ def main(argv=None) -> int:
                 compares = B * W * args.catalog * H
                 t_b = (timed(lambda: brute_force(engine, bf_index, hist, widths), 1)
                        if compares <= args.brute_max_compares else float("nan"))
+                run_peer = not args.no_peer and B * W * prompt <= args.peer_max_tokens
+                t_p = (timed(lambda: peer_generate(peer, trie, peer_inputs(engine, hist), W, H), 1, warmup=False)
+                       if run_peer else float("nan"))
                 row = {"B": B, "W": W, "history": L, "ours_ms": t_ours * 1e3, "candidates_per_s": B * final / t_ours,
                        "dense_gflops": flops / t_ours / 1e9, "share_of_peak": flops / t_ours / peak,
                        "constraint_share": constraint_share, "nocache_packed_ms": t_a * 1e3,
                        "speedup_vs_nocache": t_a / t_ours,
                        "nocache_flop_ratio": packed_flops(engine, hist, widths) / flops, "bruteforce_ms": t_b * 1e3,
-                       "speedup_vs_bruteforce": t_b / t_ours}
+                       "speedup_vs_bruteforce": t_b / t_ours, "peer_ms": t_p * 1e3, "speedup_vs_peer": t_p / t_ours}
                 rows.append(row)
                 print(f"{B:>3} {W:>5} {L:>4} | {row['ours_ms']:>9.1f} {row['candidates_per_s']:>10.0f} "
                       f"{row['dense_gflops']:>8.2f} {100 * row['share_of_peak']:>5.1f}% "
                       f"{100 * constraint_share:>6.1f}% | {row['nocache_packed_ms']:>9.1f} "
                       f"{row['speedup_vs_nocache']:>6.1f} {row['nocache_flop_ratio']:>6.1f} | {row['bruteforce_ms']:>9.1f} "
-                      f"{row['speedup_vs_bruteforce']:>6.1f}", flush=True)
+                      f"{row['speedup_vs_bruteforce']:>6.1f} | {row['peer_ms']:>9.1f} {row['speedup_vs_peer']:>7.1f}",
+                      flush=True)
+    if args.profile:
+        profile_ours(engine, ints(args.batch_sizes)[-1], max([w for w in ints(args.widths) if w <= 1024] or
+                                                             ints(args.widths)[:1]), ints(args.history)[0], args)
     mem_rows = []
     B_mem, W_mem = ints(args.batch_sizes)[-1], ints(args.widths)[1 if len(ints(args.widths)) > 1 else 0]
     print(f"\nper-step decode memory (B={B_mem}, W={W_mem}, history {ints(args.history)[0]}):")

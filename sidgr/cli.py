@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from sidgr.errors import InputError
+from sidgr.help_format import HelpFormatter
 from sidgr.logs import quiet_library_warnings
 
 # name -> (module, one-line description)
@@ -42,7 +43,7 @@ def build_parser(command: str) -> tuple[argparse.ArgumentParser, object]:
     module_name, desc = COMMANDS[command]
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"sidgr {command}", description=desc,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     module.add_arguments(parser)
     return parser, module
 

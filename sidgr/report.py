@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 from sidgr.errors import input_error
+from sidgr.help_format import HelpFormatter
 from sidgr.io import atomic_path
 from sidgr.logs import get_logger
 
@@ -218,7 +219,7 @@ def _named(pairs: list[str], flag: str) -> dict[str, str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="what", required=True)
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
     table = sub.add_parser("table", help="markdown comparison table (comparison.md) from evaluation outputs",
                            formatter_class=fmt)
     table.add_argument("--run", action="append", required=True, help="NAME=EVAL_DIR (repeat; row order kept)")

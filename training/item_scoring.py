@@ -21,6 +21,7 @@ from pathlib import Path
 
 
 from sidgr.errors import InputError, input_error
+from sidgr.help_format import HelpFormatter
 from sidgr.logs import get_logger, progress_bar
 from sidgr.run_layout import resolve_checkpoint
 
@@ -148,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv=None) -> int:
     """`python -m sidgr.training.item_scoring` (e.g. under torchrun for a TP-split head)."""
     p = argparse.ArgumentParser(prog="python -m sidgr.training.item_scoring", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     add_arguments(p)
     try:
         return run(p.parse_args(argv))
