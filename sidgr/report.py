@@ -183,25 +183,41 @@ def plot_curves(logs: dict[str, list[dict]], out_dir) -> list[Path]:
     return written
 
 
-def plot_recall_vs_beam(beam: dict[int, dict], exact: dict | None, out_path, metric: str = "recall@10") -> Path:
-    """Recall vs beam width (log x axis) with CI bars; the exact ranking as a line with its CI band."""
-    plt, fig, ax = _figure()
+def plot_recall_vs_beam(beam: dict[int, dict], exact: dict | None, out_path, metrics=("recall@10",),
+                        latency: dict[int, float] | None = None) -> Path:
+    """Recall@K vs beam width (log x axis, one line per K with CI bars, the exact ranking's as a dashed line);
+    beside it, with `latency`, milliseconds per user vs beam width."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2 if latency else 1, figsize=(11.0 if latency else 6.4, 4.0), squeeze=False)
+    ax = axes[0][0]
     widths = sorted(beam)
-    stats = [beam[w]["metrics"][metric] for w in widths]
-    means = [s["mean"] for s in stats]
-    lo = [s["mean"] - s.get("ci_low", s["mean"]) for s in stats]
-    hi = [s.get("ci_high", s["mean"]) - s["mean"] for s in stats]
-    ax.errorbar(widths, means, yerr=[lo, hi], marker="o", capsize=3, label="beam search")
-    if exact is not None:
-        s = exact["metrics"][metric]
-        ax.axhline(s["mean"], color="black", linestyle="--", label="exact (all items scored)")
-        if "ci_low" in s:
-            ax.axhspan(s["ci_low"], s["ci_high"], color="gray", alpha=0.2)
+    for i, metric in enumerate(m for m in metrics if all(m in beam[w]["metrics"] for w in widths)):
+        stats = [beam[w]["metrics"][metric] for w in widths]
+        means = [s["mean"] for s in stats]
+        lo = [s["mean"] - s.get("ci_low", s["mean"]) for s in stats]
+        hi = [s.get("ci_high", s["mean"]) - s["mean"] for s in stats]
+        label = metric.replace("recall", "Recall")
+        line = ax.errorbar(widths, means, yerr=[lo, hi], marker="o", capsize=3, label=f"{label}, beam")
+        if exact is not None and metric in exact["metrics"]:
+            ax.axhline(exact["metrics"][metric]["mean"], color=line[0].get_color(), linestyle="--", alpha=0.7,
+                       label=f"{label}, exact" if i == 0 else None)
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("beam width")
-    ax.set_ylabel(metric.replace("recall", "Recall"))
+    ax.set_xlabel("beam width (items returned = width)")
+    ax.set_ylabel("Recall")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
+    if latency:
+        lat = axes[0][1]
+        ws = sorted(latency)
+        lat.plot(ws, [latency[w] for w in ws], marker="o")
+        lat.set_xscale("log", base=2)
+        lat.set_xlabel("beam width")
+        lat.set_ylabel("ms per user (sidgr retrieve wall time / users)")
+        lat.grid(alpha=0.3)
     _save_png(fig, Path(out_path))
     plt.close(fig)
     return Path(out_path)
@@ -231,7 +247,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     beam = sub.add_parser("beam", help="recall vs beam width, beam vs exact", formatter_class=fmt)
     beam.add_argument("--beam", action="append", required=True, help="WIDTH=EVAL_DIR (repeat)")
     beam.add_argument("--exact", help="EVAL_DIR of the exact ranking")
-    beam.add_argument("--metric", default="recall@10")
+    beam.add_argument("--metrics", default="recall@10,recall@100,recall@500,recall@1000",
+                      help="comma-separated; those every evaluation has are drawn")
+    beam.add_argument("--latency", action="append", default=[], help="WIDTH=MS_PER_USER (repeat)")
     for p in (table, curves, beam):
         p.add_argument("--out", required=True, help="output directory")
 
@@ -259,6 +277,13 @@ def run(args: argparse.Namespace) -> int:
                 raise input_error("--beam", "width", width, "expected a positive integer")
             points[int(width)] = load_report(path)
         exact = load_report(args.exact) if args.exact else None
-        written = [plot_recall_vs_beam(points, exact, Path(args.out) / "recall_vs_beam.png", args.metric)]
+        latency = {}
+        for width, ms in _named(args.latency, "--latency").items():
+            try:
+                latency[int(width)] = float(ms)
+            except ValueError:
+                raise input_error("--latency", "value", f"{width}={ms}", "expected WIDTH=MILLISECONDS") from None
+        metrics = tuple(m for m in args.metrics.split(",") if m)
+        written = [plot_recall_vs_beam(points, exact, Path(args.out) / "recall_vs_beam.png", metrics, latency)]
     get_logger("sidgr.report").info("wrote " + ", ".join(str(p) for p in written))
     return 0

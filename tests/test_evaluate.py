@@ -236,7 +236,11 @@ def test_report_table_and_plots(files, tmp_path):
     written = report.plot_curves({"gr": records}, tmp_path / "plots")
     assert [p.name for p in written] == ["training_loss.png", "valid_recall10.png"]
     assert cli.main(["report", "beam", "--beam", f"4={tmp_path / 'a'}", "--beam", f"16={tmp_path / 'b'}",
-                     "--exact", str(tmp_path / "b"), "--out", str(tmp_path / "plots")]) == 0
+                     "--exact", str(tmp_path / "b"), "--latency", "4=1.5", "--latency", "16=3.25",
+                     "--out", str(tmp_path / "plots")]) == 0
+    assert cli.main(["report", "beam", "--beam", f"4={tmp_path / 'a'}", "--latency", "4=fast",
+                     "--out", str(tmp_path / "bad")]) == 1
+    assert not (tmp_path / "bad").exists()
     for name in ("training_loss.png", "valid_recall10.png", "recall_vs_beam.png"):
         assert (tmp_path / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

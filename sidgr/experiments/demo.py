@@ -126,6 +126,7 @@ def main(argv=None) -> int:
     if spec.note:
         print(f"note ({spec.name}): {spec.note}")
     print(f"beam top-10 == exact top-10 (test users, SIDs {beam['tokenizer']}): "
-          + ", ".join(f"W={w}: {v:.3f}" for w, v in beam["top10_equal_to_exact"].items()))
+          + ", ".join(f"W={w}: {v:.3f} ({beam['ms_per_user'][w]:.1f} ms/user)"
+                      for w, v in beam["top10_equal_to_exact"].items()))
     print(f"demo finished in {summary['wall_seconds'] / 60:.1f} min; outputs in {plan.out}")
     return 0

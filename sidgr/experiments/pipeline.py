@@ -114,11 +114,14 @@ def checkpoints(run_dir: Path) -> list[Path]:
     return sorted((run_dir / "checkpoints").glob("iter_[0-9]*"))
 
 
-def evaluate(run: Runner, plan: Plan, name: str, cands: Path, split: str | Path, out: Path, bootstrap: int) -> Path:
-    """`sidgr evaluate` of `cands` against a split's targets (or a targets file)."""
+def evaluate(run: Runner, plan: Plan, name: str, cands: Path, split: str | Path, out: Path, bootstrap: int,
+             ks: tuple = ()) -> Path:
+    """`sidgr evaluate` of `cands` against a split's targets (or a targets file); `ks`: the cutoffs, if not the
+    default ones."""
     targets = split if isinstance(split, Path) else plan.data / f"{split}.parquet"
-    run(name, sidgr("evaluate", "--candidates", cands, "--targets", targets,
-                    "--items", plan.data / "items.parquet", "--out", out, "--bootstrap", bootstrap, "--seed", 0))
+    extra = ["--ks", ",".join(map(str, ks))] if ks else []
+    run(name, sidgr("evaluate", "--candidates", cands, "--targets", targets, "--items", plan.data / "items.parquet",
+                    "--out", out, "--bootstrap", bootstrap, "--seed", 0, *extra))
     return out
 
 
@@ -188,30 +191,36 @@ def popularity(run: Runner, plan: Plan) -> Path:
     return run_dir
 
 
+SWEEP_KS = (10, 50, 100, 500, 1000)  # the candidate-generation regime: recall of long lists
+
+
 def beam_vs_exact(run: Runner, plan: Plan, engine: Path, method: str) -> dict:
-    """Recall vs beam width on test, the exact ranking, and how often beam top-10 == exact top-10."""
+    """Recall@10…1000 and latency vs beam width on test (each width returns as many items as its beam holds),
+    the exact ranking, and how often beam top-10 == exact top-10."""
     import pyarrow.parquet as pq
 
     sweep = plan.out / "beam_sweep"
     users = plan.sweep_path()
+    widths = [w for w in plan.beam_sweep if w >= plan.k]
     exact = sweep / "exact.parquet"
     run("retrieve_test_exact", sidgr("retrieve", "--engine", engine, "--sequences", users,
-                                     "--out", exact, "--k", plan.k, "--exact"))
-    evaluate(run, plan, "eval_test_exact", exact, users, sweep / "eval_exact", plan.bootstrap)
+                                     "--out", exact, "--k", max(widths, default=plan.k), "--exact"))
+    evaluate(run, plan, "eval_test_exact", exact, users, sweep / "eval_exact", plan.bootstrap, SWEEP_KS)
     exact_table = pq.read_table(exact).to_pydict()
     top_exact = {u: items[:10] for u, items in zip(exact_table["user_id"], exact_table["item_ids"])}
-    agreement = {}
-    for width in plan.beam_sweep:
-        if width < plan.k:
-            continue
+    agreement, latency = {}, {}
+    for width in widths:
         cands = sweep / f"beam_{width}.parquet"
         run(f"retrieve_test_w{width}", sidgr("retrieve", "--engine", engine, "--sequences", users,
-                                             "--out", cands, "--k", plan.k, "--beam-width", width))
-        evaluate(run, plan, f"eval_test_w{width}", cands, users, sweep / f"eval_w{width}", plan.bootstrap)
+                                             "--out", cands, "--k", width, "--beam-width", width))
+        evaluate(run, plan, f"eval_test_w{width}", cands, users, sweep / f"eval_w{width}", plan.bootstrap, SWEEP_KS)
         table = pq.read_table(cands).to_pydict()
         same = [top_exact[u] == items[:10] for u, items in zip(table["user_id"], table["item_ids"])]
         agreement[width] = sum(same) / len(same)
+        latency[width] = 1000 * run.timings[f"retrieve_test_w{width}"] / len(same)
     run("plot_beam", sidgr("report", "beam", "--exact", sweep / "eval_exact",
                            *sum((["--beam", f"{w}={sweep / f'eval_w{w}'}"] for w in agreement), []),
+                           *sum((["--latency", f"{w}={ms:.3f}"] for w, ms in latency.items()), []),
                            "--out", plan.out))
-    return {"tokenizer": method, "users": str(users), "top10_equal_to_exact": agreement}
+    return {"tokenizer": method, "users": str(users), "top10_equal_to_exact": agreement,
+            "ms_per_user": latency}
