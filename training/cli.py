@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -59,11 +60,14 @@ def note_missing_gpu_libraries() -> None:
 
 
 ERROR_MARK = "sidgr train: error:"
+# the last line of a worker's Python traceback, e.g. "[rank0]: NameError: name 'x' is not defined"
+WORKER_EXCEPTION = re.compile(r"^\[rank(\d+)\]: ([A-Za-z_][\w.]*(?:Error|Exception|Interrupt)\b.*)$")
 
 
 def run_torchrun(cmd: list[str]) -> int:
     """Run torchrun as a child that dies with this process (and whose workers die with it), pass its stderr
-    through as it comes, and when it fails print the workers' one-line error last, below torchrun's banner."""
+    through as it comes, and when it fails print the workers' one-line error last, below torchrun's banner (an
+    unexpected exception: its last traceback line, with the rank)."""
     import signal
     import subprocess
 
@@ -73,15 +77,18 @@ def run_torchrun(cmd: list[str]) -> int:
     sys.stderr.flush()
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, preexec_fn=die_with_parent)
     signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum))
-    last_error, pending = None, b""
+    last_error, last_exception, pending = None, None, b""
     while chunk := os.read(proc.stderr.fileno(), 1 << 16):
         sys.stderr.buffer.write(chunk)
         sys.stderr.buffer.flush()
         *lines, pending = (pending + chunk).split(b"\n")
         for line in lines:
-            if ERROR_MARK.encode() in line:
-                last_error = line.decode(errors="replace").strip()
+            text = line.decode(errors="replace").strip()
+            if ERROR_MARK in text:
+                last_error = text[text.index(ERROR_MARK):]
+            elif match := WORKER_EXCEPTION.match(text):
+                last_exception = f"{ERROR_MARK} rank {match[1]} failed: {match[2]}"
     code = proc.wait()
-    if code and last_error:
-        print(last_error[last_error.index(ERROR_MARK):], file=sys.stderr)
+    if code and (last_error or last_exception):
+        print(last_error or last_exception, file=sys.stderr)
     return code

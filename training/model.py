@@ -9,6 +9,7 @@ indexed and padded logits are masked in the loss (export strips them).
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import torch
@@ -50,12 +51,10 @@ def layer_spec():
     from megatron.core.transformer.enums import AttnMaskType
 
     spec = None
-    if torch.cuda.is_available():
-        try:
-            from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
-            spec = get_gpt_layer_with_transformer_engine_spec()
-        except (ImportError, AssertionError):
-            spec = None
+    # Megatron's TE spec fails with a NameError (not an ImportError) when TE is absent: ask for TE first
+    if torch.cuda.is_available() and importlib.util.find_spec("transformer_engine") is not None:
+        from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
+        spec = get_gpt_layer_with_transformer_engine_spec()
     if spec is None:
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
         spec = get_gpt_layer_local_spec()
