@@ -1,13 +1,17 @@
-"""Retrieval benchmark: the engine's KV-cache constrained beam vs (a) a no-cache decoder that packs all beams of a
-user into one sequence and recomputes it every step (NVIDIA sid_gr example's generate()) and (b) a brute-force prefix check
-against the whole catalog every step (GRID's), all in one run, on a random-weight engine.
+"""Retrieval benchmark: the engine's KV-cache constrained beam vs (a) a no-cache decoder that packs all beams of
+a user into one sequence and recomputes it every step (NVIDIA sid_gr example's generate()), (b) a brute-force
+prefix check against the whole catalog every step (GRID's), and (c) the peer users pick: Hugging Face
+`transformers` generate() with num_beams=W and a catalog trie as prefix_allowed_tokens_fn (TIGER/GRID-style code),
+on a GPT-2 of the same shapes with random weights (the math does not map, so only speed compares), all in one run
+on a random-weight engine.
 
 Reports candidates/s and ms per batch (wall-clock median), the dense-FLOP ratio of (a) to ours ("flop x": the
-speedup over (a) that pure arithmetic allows) for each (B, W, history length); the machine's fp32 matmul FLOP/s measured
-in the same run and the share of it the decode's dense work reaches; the constraint's share of decode time; and
-the per-step working memory of the decode for synthetic catalogs of several sizes.
+speedup over (a) that pure arithmetic allows) for each (B, W, history length); the machine's fp32 matmul FLOP/s
+measured in the same run and the share of it the decode's dense work reaches; the constraint's share of decode
+time; the per-step working memory of the decode for synthetic catalogs of several sizes; with --profile, where
+one retrieval's time goes by operator.
 
-  python scripts/bench_retrieval.py                      # the full grid (slow on a loaded 2-core machine)
+  python scripts/bench_retrieval.py --profile            # the full grid (about an hour on 2 cores)
   python scripts/bench_retrieval.py --quick              # small sizes, to validate
   python scripts/bench_retrieval.py --out bench.json     # also write the numbers as JSON
 """
@@ -229,6 +233,17 @@ def peer_inputs(engine: Engine, hist) -> torch.Tensor:
     return torch.cat([torch.stack(rows), bos], 1)
 
 
+def peer_chunk(W: int, prompt: int, max_scores: float) -> int:
+    """Users per generate() call: its prefill holds [users*W, heads, prompt, prompt] attention scores (every beam
+    copies the prompt), so users are fed in chunks small enough for memory, as a user of it would; 0 = too big."""
+    return int(max_scores // (W * prompt * prompt))
+
+
+def peer(model, trie: CatalogTrie, engine: Engine, hist, W: int, chunk: int) -> None:
+    for start in range(0, len(hist), chunk):
+        peer_generate(model, trie, peer_inputs(engine, hist[start:start + chunk]), W, engine.arch.num_levels)
+
+
 @torch.no_grad()
 def peer_generate(model, trie: CatalogTrie, inputs: torch.Tensor, W: int, levels: int) -> torch.Tensor:
     out = model.generate(inputs, attention_mask=torch.ones_like(inputs), num_beams=W, num_return_sequences=W,
@@ -337,8 +352,10 @@ def main(argv=None) -> int:
                    help="skip baseline (a) when B*T^2 (packed attention size) exceeds this")
     p.add_argument("--brute-max-compares", type=float, default=3e10,
                    help="skip baseline (b) when B*W*N*H compares exceed this")
-    p.add_argument("--peer-max-tokens", type=float, default=4e6,
-                   help="skip the transformers peer when B*W*(prompt tokens) (its per-beam KV cache rows) exceeds this")
+    p.add_argument("--peer-max-scores", type=float, default=2.5e8,
+                   help="the transformers peer runs users in chunks whose W*prompt^2 prefill attention fits this "
+                        "(about 4 GB at 4 heads); skipped where one user does not")
+    p.add_argument("--peer-max-beams", type=int, default=65536, help="skip the peer when B*W exceeds this (time)")
     p.add_argument("--no-peer", action="store_true", help="skip the transformers peer (c)")
     p.add_argument("--profile", action="store_true",
                    help="profile ours at the largest batch, W=1024 (or the widest below) and the first history")
@@ -368,8 +385,8 @@ def main(argv=None) -> int:
     for L in ints(args.history):
         prompt = L * H + 1
         if not args.no_peer:
-            peer, trie = peer_model(engine.arch, prompt + H), CatalogTrie(engine.mapping.codes,
-                                                                        engine.arch.level_offsets, prompt)
+            peer_lm, trie = peer_model(engine.arch, prompt + H), CatalogTrie(engine.mapping.codes,
+                                                                           engine.arch.level_offsets, prompt)
         for B in ints(args.batch_sizes):
             hist = make_histories(B, L, args.catalog)
             for W in ints(args.widths):
@@ -387,20 +404,23 @@ def main(argv=None) -> int:
                 compares = B * W * args.catalog * H
                 t_b = (timed(lambda: brute_force(engine, bf_index, hist, widths), 1)
                        if compares <= args.brute_max_compares else float("nan"))
-                run_peer = not args.no_peer and B * W * prompt <= args.peer_max_tokens
-                t_p = (timed(lambda: peer_generate(peer, trie, peer_inputs(engine, hist), W, H), 1, warmup=False)
+                chunk = min(B, peer_chunk(W, prompt, args.peer_max_scores))
+                run_peer = not args.no_peer and chunk > 0 and B * W <= args.peer_max_beams
+                t_p = (timed(lambda: peer(peer_lm, trie, engine, hist, W, chunk), 1, warmup=False)
                        if run_peer else float("nan"))
                 row = {"B": B, "W": W, "history": L, "ours_ms": t_ours * 1e3, "candidates_per_s": B * final / t_ours,
                        "dense_gflops": flops / t_ours / 1e9, "share_of_peak": flops / t_ours / peak,
                        "constraint_share": constraint_share, "nocache_packed_ms": t_a * 1e3,
                        "speedup_vs_nocache": t_a / t_ours,
                        "nocache_flop_ratio": packed_flops(engine, hist, widths) / flops, "bruteforce_ms": t_b * 1e3,
-                       "speedup_vs_bruteforce": t_b / t_ours, "peer_ms": t_p * 1e3, "speedup_vs_peer": t_p / t_ours}
+                       "speedup_vs_bruteforce": t_b / t_ours, "peer_ms": t_p * 1e3, "speedup_vs_peer": t_p / t_ours,
+                       "peer_users_per_call": chunk if run_peer else 0}
                 rows.append(row)
                 print(f"{B:>3} {W:>5} {L:>4} | {row['ours_ms']:>9.1f} {row['candidates_per_s']:>10.0f} "
                       f"{row['dense_gflops']:>8.2f} {100 * row['share_of_peak']:>5.1f}% "
                       f"{100 * constraint_share:>6.1f}% | {row['nocache_packed_ms']:>9.1f} "
-                      f"{row['speedup_vs_nocache']:>6.1f} {row['nocache_flop_ratio']:>6.1f} | {row['bruteforce_ms']:>9.1f} "
+                      f"{row['speedup_vs_nocache']:>6.1f} {row['nocache_flop_ratio']:>6.1f} | "
+                      f"{row['bruteforce_ms']:>9.1f} "
                       f"{row['speedup_vs_bruteforce']:>6.1f} | {row['peer_ms']:>9.1f} {row['speedup_vs_peer']:>7.1f}",
                       flush=True)
     if args.profile:
