@@ -31,7 +31,8 @@ from sidgr.errors import input_error
 from sidgr.token_layout import IGNORE
 from sidgr.sid.mapping import SIDMapping, first_duplicate_items
 from sidgr.sid.prefix_index import PrefixIndex
-from sidgr.training.model import PrefixTables, layer_spec, padded_size, transformer_config, vocab_slice_logits
+from sidgr.training.model import (PrefixTables, in_training_precision, layer_spec, padded_size, transformer_config,
+                                  vocab_slice_logits)
 
 ITEM_INPUTS = ("id", "rqsum", "prefixn", "rqsum+id", "prefixn+id")
 
@@ -230,7 +231,8 @@ class ItemSeqModel(MegatronModule):
 def build_item_model(model_cfg, arch: ModelArch, catalog: ItemCatalog, item_input: str, tp: int,
                      device: torch.device) -> ItemSeqModel:
     config = transformer_config(model_cfg, arch, tp)
-    return ItemSeqModel(config, arch, catalog, item_input, model_cfg.vocab_pad_multiple).to(device)
+    model = ItemSeqModel(config, arch, catalog, item_input, model_cfg.vocab_pad_multiple)
+    return in_training_precision(model, config).to(device)
 
 
 def item_token_losses(model: ItemSeqModel, hidden: torch.Tensor, ib: ItemBatch):

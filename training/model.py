@@ -190,4 +190,12 @@ def build_model(model_cfg: ModelConfig, arch: ModelArch, tp: int, device: torch.
     """prefix_nodes [H, N]: the catalog's prefix node ids (`PrefixIndex.prefix_nodes`), for history 'prefixn'."""
     config = transformer_config(model_cfg, arch, tp)
     model = SIDGRModel(config, arch, model_cfg.vocab_pad_multiple, prefix_nodes)
-    return model.to(device)
+    return in_training_precision(model, config).to(device)
+
+
+def in_training_precision(model: MegatronModule, config: TransformerConfig) -> MegatronModule:
+    """bf16 training: every floating parameter in bf16 (the optimizer keeps fp32 master copies). Megatron builds
+    its linear and embedding weights in `params_dtype` but the local spec's torch LayerNorm in fp32 (Megatron's
+    own trainer casts through Float16Module, which would rename every state-dict key); seen on an H200 as
+    'expected scalar type BFloat16 but found Float' in the first LayerNorm."""
+    return model.bfloat16() if config.bf16 else model
