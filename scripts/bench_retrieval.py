@@ -335,6 +335,29 @@ def profile_ours(engine: Engine, B: int, W: int, L: int, args) -> None:
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=40))
 
 
+# ---- markdown -----------------------------------------------------------------------------------------------
+def markdown(rows: list[dict], mem_rows: list[dict]) -> str:
+    """The speed table (ours against (a), (b) and the peer) and the memory table, as the README shows them."""
+    def ms(v):
+        return "—" if v != v else f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
+
+    def x(v):
+        return "—" if v != v else f"{v:,.0f}×" if v >= 10 else f"{v:.1f}×"
+
+    lines = ["| B | W | history | ours ms | candidates/s | % of fp32 matmul peak | constraint share | (a) no-cache "
+             "packed ms | vs (a) | (b) brute-force ms | vs (b) | peer (transformers) ms | vs peer |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['B']} | {r['W']} | {r['history']} | {ms(r['ours_ms'])} | {r['candidates_per_s']:,.0f} | "
+                     f"{100 * r['share_of_peak']:.0f}% | {100 * r['constraint_share']:.1f}% | "
+                     f"{ms(r['nocache_packed_ms'])} | {x(r['speedup_vs_nocache'])} | {ms(r['bruteforce_ms'])} | "
+                     f"{x(r['speedup_vs_bruteforce'])} | {ms(r['peer_ms'])} | {x(r['speedup_vs_peer'])} |")
+    lines += ["", "| catalog items | prefixes per depth | peak decode working set (MiB) |", "|---|---|---|"]
+    lines += [f"| {m['catalog']:,} | {', '.join(f'{p:,}' for p in m['prefixes'])} | {m['decode_peak_mib']:.1f} |"
+              for m in mem_rows]
+    return "\n".join(lines)
+
+
 # ---- driver --------------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -360,6 +383,7 @@ def main(argv=None) -> int:
     p.add_argument("--profile", action="store_true",
                    help="profile ours at the largest batch, W=1024 (or the widest below) and the first history")
     p.add_argument("--out", default=None)
+    p.add_argument("--markdown", action="store_true", help="also print the tables as markdown (for the README)")
     args = p.parse_args(argv)
     if args.quick:
         args.batch_sizes, args.widths, args.history = "1,4", "16,64", "10,20"
@@ -437,6 +461,8 @@ def main(argv=None) -> int:
                          "prefixes": [eng.index.num_nodes(d) for d in range(1, H + 1)]})
         print(f"  catalog {n:>8}: peak live decode tensors {mb:8.1f} MiB  (prefixes per depth "
               f"{mem_rows[-1]['prefixes']})", flush=True)
+    if args.markdown:
+        print(markdown(rows, mem_rows))
     if args.out:
         with open(args.out, "w") as fh:
             json.dump({"threads": threads, "matmul_peak_flops": peak, "timing": rows, "memory": mem_rows,
