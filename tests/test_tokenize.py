@@ -226,6 +226,19 @@ def test_cli_writes_mapping_diagnostics_and_plot(tmp_path):
     assert (out / "code_usage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_file_that_is_not_parquet_is_one_line(tmp_path, capsys):
+    (tmp_path / "items.csv").write_text("item_id,text\n0,a\n")
+    out = tmp_path / "out"
+    assert sidgr_main(["tokenize", "--items", str(tmp_path / "items.csv"), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "items.csv" in err[0] and "cannot open as parquet" in err[0] and not out.exists()
+    items = write_items(tmp_path / "items.parquet", 5)
+    (tmp_path / "emb.parquet").write_text("not parquet")
+    assert sidgr_main(["tokenize", "--items", str(items), "--embeddings", str(tmp_path / "emb.parquet"),
+                       "--out", str(out)]) == 1
+    assert "emb.parquet" in capsys.readouterr().err and not out.exists()
+
+
 def test_failures_leave_nothing_in_out(tmp_path, monkeypatch):
     x = np.ones((50, 4), np.float32)
     x[20, 0] = np.inf

@@ -145,9 +145,10 @@ def _load_npy(path: Path) -> np.ndarray:
 
 def _load_parquet(path: Path) -> np.ndarray:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
+    from sidgr.data.readers import open_parquet
+
+    table = open_parquet(path).read()
     if "item_id" in table.column_names:
         ids = table.column("item_id").to_numpy()
         if not np.array_equal(np.sort(ids), np.arange(len(ids))):

@@ -45,12 +45,12 @@ class TokenizeConfig:
 def read_item_texts(path: str | os.PathLike, first_id: int = 0) -> list[str]:
     """Texts in item-id order; item ids must be first_id .. first_id + n - 1 (0..N-1 for a catalog; the ids after
     the catalog for the new items of `sidgr tokenize --extend`)."""
-    import pyarrow.parquet as pq
+    from sidgr.data.readers import open_parquet
 
     path = Path(path)
     if not path.is_file():
         raise input_error(path, "path", str(path), "items file does not exist (run `sidgr prepare` first)")
-    table = pq.read_table(path)
+    table = open_parquet(path).read()
     for col in ("item_id", "text"):
         if col not in table.column_names:
             raise input_error(path, "columns", table.column_names, f"missing column {col!r}")
