@@ -33,7 +33,13 @@ def load_report(path) -> dict:
         path = path / "metrics.json"
     if not path.exists():
         raise input_error(path, "path", str(path), "no evaluation metrics.json here")
-    return json.loads(path.read_text())
+    try:
+        report = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise input_error(path, "path", str(path), f"not an evaluation's metrics.json ({err})") from None
+    if not isinstance(report, dict) or "metrics" not in report:
+        raise input_error(path, "metrics", type(report).__name__, "not an evaluation's metrics.json (no 'metrics')")
+    return report
 
 
 def _cell(report: dict, column: str) -> str:

@@ -241,6 +241,12 @@ def test_report_table_and_plots(files, tmp_path):
     assert cli.main(["report", "beam", "--beam", f"4={tmp_path / 'a'}", "--latency", "4=fast",
                      "--out", str(tmp_path / "bad")]) == 1
     assert not (tmp_path / "bad").exists()
+    (tmp_path / "x.csv").write_text("user_id,item_ids\n1,2\n")
+    with pytest.raises(InputError, match="x.csv.*not an evaluation"):
+        report.load_report(tmp_path / "x.csv")
+    (tmp_path / "other.json").write_text("[1, 2]")
+    with pytest.raises(InputError, match="other.json.*no 'metrics'"):
+        report.load_report(tmp_path / "other.json")
     for name in ("training_loss.png", "valid_recall10.png", "recall_vs_beam.png"):
         assert (tmp_path / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
