@@ -103,6 +103,29 @@ def model_arch(model: ModelConfig, codebook_sizes, max_items: int, mapping=None)
                      layernorm_epsilon=model.layernorm_epsilon, history=model.history, **tables)
 
 
+def check_parallel_layout(model: ModelConfig, parallel: ParallelConfig, global_batch_size: int, nproc: int,
+                          source: str) -> None:
+    """What Megatron would reject inside the workers, said in one line before any process starts."""
+    tp = parallel.tensor_parallel
+    checks = [
+        (model.hidden_size % model.num_attention_heads == 0, "ModelConfig.hidden_size", model.hidden_size,
+         f"not divisible by ModelConfig.num_attention_heads={model.num_attention_heads}"),
+        (tp >= 1 and nproc % tp == 0, "ParallelConfig.tensor_parallel", tp,
+         f"must divide the number of processes (--nproc {nproc})"),
+        (model.num_attention_heads % tp == 0, "ModelConfig.num_attention_heads", model.num_attention_heads,
+         f"not divisible by ParallelConfig.tensor_parallel={tp}"),
+        (model.ffn_hidden_size % tp == 0, "ModelConfig.ffn_hidden_size", model.ffn_hidden_size,
+         f"not divisible by ParallelConfig.tensor_parallel={tp}"),
+    ]
+    for ok, name, value, why in checks:
+        if not ok:
+            raise input_error(source, name, value, why)
+    dp = nproc // tp
+    if global_batch_size % dp:
+        raise input_error(source, "DataConfig.global_batch_size", global_batch_size,
+                          f"not divisible by the data-parallel size {dp} (--nproc {nproc} / TP {tp})")
+
+
 BUILT_CONFIGURABLES = ("TrainerConfig", "ModelConfig", "OptimizerConfig", "ParallelConfig", "DataConfig")
 
 
