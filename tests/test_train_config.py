@@ -118,13 +118,15 @@ def test_wrong_value_types_are_one_line_errors_before_anything_starts(tmp_path, 
 
 
 @pytest.mark.parametrize("nproc, bindings, message", [
-    (1, ["ModelConfig.hidden_size=30"], "ModelConfig.hidden_size=30: not divisible by ModelConfig.num_attention_heads=4"),
+    (1, ["ModelConfig.hidden_size=30"],
+     "ModelConfig.hidden_size=30: not divisible by ModelConfig.num_attention_heads=4"),
     (2, ["ParallelConfig.tensor_parallel=2", "ModelConfig.num_attention_heads=3", "ModelConfig.hidden_size=24"],
      "ModelConfig.num_attention_heads=3: not divisible by ParallelConfig.tensor_parallel=2"),
     (2, ["ParallelConfig.tensor_parallel=2", "ModelConfig.ffn_hidden_size=33"],
      "ModelConfig.ffn_hidden_size=33: not divisible by ParallelConfig.tensor_parallel=2"),
     (2, ["ParallelConfig.tensor_parallel=4"], "ParallelConfig.tensor_parallel=4: must divide the number of processes"),
-    (2, ["DataConfig.global_batch_size=7"], "DataConfig.global_batch_size=7: not divisible by the data-parallel size 2"),
+    (2, ["DataConfig.global_batch_size=7"],
+     "DataConfig.global_batch_size=7: not divisible by the data-parallel size 2"),
 ])
 def test_impossible_parallel_layouts_are_one_line_errors_before_torchrun(tmp_path, capsys, nproc, bindings, message):
     from sidgr.cli import main
