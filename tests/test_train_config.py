@@ -136,3 +136,31 @@ def test_impossible_parallel_layouts_are_one_line_errors_before_torchrun(tmp_pat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "run").exists()
+
+
+def test_resume_may_change_how_long_and_fast_but_not_what_it_trains(tmp_path, capsys):
+    from sidgr.cli import main
+    from sidgr.run_layout import TRAINER_STATE
+    from sidgr.training.config import load_configs
+    from sidgr.training.run_dir import check_resume_config
+
+    run = tmp_path / "run"
+    args = ["--config", "configs/ml100k.gin", f"TrainerConfig.run_dir='{run}'"]
+    ckpt = run / "checkpoints" / "iter_0000400"
+    ckpt.mkdir(parents=True)
+    (ckpt / TRAINER_STATE).write_bytes(b"x")
+    (ckpt / "arch.json").write_text("{}")
+    (ckpt / "config.gin").write_text(load_configs(args[1], args[2:])["config_str"])
+    (run / "metrics.jsonl").write_text('{"step": 400, "loss": 1.0}\n')
+    for binding, ok in [("TrainerConfig.train_steps=800", True), ("OptimizerConfig.lr=1e-4", True),
+                        ("DataConfig.num_workers=2", True), ("ModelConfig.dropout=0.0", False),
+                        ("DataConfig.max_items=20", False), ("ParallelConfig.tensor_parallel=2", False)]:
+        config_str = load_configs(args[1], [*args[2:], binding])["config_str"]
+        if ok:
+            changes = check_resume_config(run, config_str)
+            assert len(changes) == 1 and changes[0].startswith(binding.split("=")[0] + ":"), changes
+        else:
+            assert main(["train", "--nproc", "2", "--resume", *args, binding]) == 1
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and binding.split("=")[0] in err[0] and "start a new run_dir" in err[0], err
+    assert (ckpt / "config.gin").read_text() == load_configs(args[1], args[2:])["config_str"]  # nothing written

@@ -32,15 +32,19 @@ def run(args: argparse.Namespace) -> int:
         raise input_error(args.config, "--config", args.config, "gin file does not exist")
     # Check the config and the data in this process first: a bad input is one line, not a torchrun traceback.
     from sidgr.training.config import check_parallel_layout, load_configs
-    from sidgr.training.run_dir import check_start, take_lock
+    from sidgr.logs import get_logger
+    from sidgr.training.run_dir import check_resume_config, check_start, take_lock
     from sidgr.training.task import preflight
     cfgs = load_configs(args.config, args.overrides)
     if args.print_config:
         print(cfgs["config_str"], end="")
         return 0
     check_parallel_layout(cfgs["model"], cfgs["parallel"], cfgs["data"].global_batch_size, args.nproc, args.config)
-    preflight(cfgs)
     check_start(cfgs["trainer"].run_dir, args.resume)
+    if args.resume:
+        for change in check_resume_config(cfgs["trainer"].run_dir, cfgs["config_str"]):
+            get_logger("sidgr.train").info(f"resume changes {change}")
+    preflight(cfgs)
     take_lock(cfgs["trainer"].run_dir)  # this launcher's pid: it lives exactly as long as the job
     os.environ.setdefault("WANDB_MODE", "offline")
     if args.nproc > 1:  # torchrun would set 1 and print a banner about it; share the cores between the ranks
