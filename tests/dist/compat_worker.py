@@ -75,7 +75,8 @@ def train_one_step(info) -> dict:
     steps = [train_step(ddp, model, optimizer, scheduler, layout_for(batch, "all", arch, info.device))
              for _ in range(2)]
     return {"losses": [s["loss"] for s in steps], "grad_norms": [s["grad_norm"] for s in steps],
-            "param_device": str(next(model.parameters()).device)}
+            "param_device": str(next(model.parameters()).device),
+            "param_dtypes": sorted({str(p.dtype) for p in model.parameters()})}
 
 
 def inside_checks() -> dict:
