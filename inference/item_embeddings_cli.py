@@ -1,4 +1,4 @@
-"""`sidgr export-embeddings --checkpoint RUN/checkpoints/iter_N --items items.parquet --out E.npy`."""
+"""`sidgr export-embeddings --checkpoint RUN[/checkpoints/iter_N] --items items.parquet --out E.npy`."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +8,8 @@ from sidgr.logs import get_logger
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="RUN/checkpoints/iter_N of an item-level model (SASRec-CE)")
+    p.add_argument("--checkpoint", required=True,
+                   help="an item-level model's (SASRec-CE) checkpoint, or its run dir (the best, else the latest)")
     p.add_argument("--items", required=True, help="items.parquet (N items; their text for --fuse-text)")
     p.add_argument("--out", required=True, help="output .npy [N, D] float32")
     p.add_argument("--table", choices=["items", "head", "both"], default="items",
@@ -23,13 +24,15 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from sidgr.io import atomic_path
+    from sidgr.run_layout import resolve_checkpoint
     from sidgr.tokenize.pipeline import TokenizeConfig, item_embeddings, read_item_texts
 
     from .item_embeddings import collab_embeddings, fuse
 
     if args.fuse_text is not None and not 0.0 <= args.fuse_text <= 1.0:
         raise input_error("--fuse-text", "W", args.fuse_text, "must be in [0, 1]")
-    x = collab_embeddings(Path(args.checkpoint), len(read_item_texts(args.items)), args.table)
+    checkpoint, _ = resolve_checkpoint(args.checkpoint)
+    x = collab_embeddings(Path(checkpoint), len(read_item_texts(args.items)), args.table)
     if args.fuse_text is not None:
         text, _, _ = item_embeddings(args.items, None, TokenizeConfig())
         x = fuse(text, x, args.fuse_text)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from sidgr.errors import InputError
@@ -69,6 +70,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.run(args) or 0)
     except InputError as err:
         print(f"sidgr {command}: error: {err}", file=sys.stderr)
+        return 1
+    except Exception as err:  # not a bad input we know of: one line too, the traceback on request
+        if os.environ.get("SIDGR_DEBUG", "") not in ("", "0"):
+            raise
+        first = (str(err).strip().splitlines() or [""])[0]
+        print(f"sidgr {command}: unexpected error: {type(err).__name__}: {first} (SIDGR_DEBUG=1 shows the "
+              f"traceback)", file=sys.stderr)
         return 1
 
 

@@ -54,8 +54,8 @@ def test_training_retrieval_and_metrics_twice_are_identical(tmp_path):
         sidgr("export", "--checkpoint", run, "--out", run / "engine")
         sidgr("retrieve", "--engine", run / "engine", "--sequences", paths["valid"], "--k", 10, "--beam-width", 16,
               "--threads", 1, "--out", run / "cand.parquet")
-        sidgr("evaluate", "--candidates", run / "cand.parquet", "--targets", paths["valid"], "--items",
-              tmp_path / "data" / "items.parquet", "--out", run / "eval")
+        sidgr("evaluate", "--candidates", run / "cand.parquet", "--targets", paths["valid"], "--items", 48,
+              "--out", run / "eval")
         outputs.append(run)
     a, b = outputs
     assert losses(a) == losses(b) and len(losses(a)) >= 6
