@@ -95,6 +95,12 @@ def test_wrong_shape(tmp_path):
     assert "\n" not in str(err.value)
 
 
+def test_transposed_tensor_is_named_as_such(mapping, tmp_path):
+    torch.save(mapping.codes.t().contiguous(), tmp_path / "nh.pt")
+    with pytest.raises(InputError, match=r"nh\.pt: shape=.*looks transposed"):
+        SIDMapping.load(tmp_path / "nh.pt")
+
+
 def test_float_dtype(tmp_path):
     torch.save(torch.zeros(3, 4), tmp_path / "float.pt")
     with pytest.raises(InputError, match=r"float\.pt: dtype='torch\.float32'"):

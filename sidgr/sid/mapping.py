@@ -20,6 +20,9 @@ from sidgr.errors import input_error
 from sidgr.io import atomic_path
 
 
+MAX_LEVELS = 16  # more semantic levels than this is a tensor the wrong way round, not a mapping
+
+
 @dataclass
 class SIDMapping:
     codes: torch.Tensor  # [H, N] int64; column p is item p's SID
@@ -57,9 +60,14 @@ class SIDMapping:
             raise input_error(self.source, "shape", tuple(c.shape), "SID mapping must be a 2-D tensor [H, N]")
         if c.dtype != torch.int64:
             raise input_error(self.source, "dtype", str(c.dtype), "SID mapping must be int64")
+        if c.shape[0] > MAX_LEVELS and c.shape[1] <= MAX_LEVELS:
+            raise input_error(self.source, "shape", tuple(c.shape),
+                              f"{c.shape[0]} levels of {c.shape[1]} items: the tensor looks transposed (expected "
+                              f"[H, N], H levels of N items)")
         if len(self.codebook_sizes) != c.shape[0]:
+            hint = " (it looks transposed: [N, H] instead of [H, N])" if c.shape[1] == len(self.codebook_sizes) else ""
             raise input_error(self.source, "codebook_sizes", self.codebook_sizes,
-                              f"has {len(self.codebook_sizes)} levels but the tensor has H={c.shape[0]}")
+                              f"has {len(self.codebook_sizes)} levels but the tensor has H={c.shape[0]}{hint}")
         sizes = torch.tensor(self.codebook_sizes, dtype=torch.int64).unsqueeze(1)
         bad = (c < 0) | (c >= sizes)
         if bool(bad.any()):
