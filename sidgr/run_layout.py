@@ -1,11 +1,14 @@
 """What a training run directory holds, for every part that reads one (trainer, export, item scoring).
 
 RUN/checkpoints/iter_XXXXXXX/   one checkpoint; complete once renamed into place with arch.json and
-                                trainer_state.pt (a killed save leaves only a `.iter_*.tmp` temporary)
+                                trainer_state.pt (a killed save leaves only a `.iter_*.tmp` temporary);
+                                manifest.json (written last) holds every file's size and sha256, so a file
+                                damaged later is found before it is loaded
 RUN/best.json                   the checkpoint the trainer selected on the validation target (select_best)
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -15,6 +18,7 @@ from sidgr.errors import input_error
 ITER_DIR = re.compile(r"^iter_(\d{7})$")
 TRAINER_STATE = "trainer_state.pt"
 BEST_FILE = "best.json"
+MANIFEST = "manifest.json"
 
 
 def checkpoint_name(step: int) -> str:
@@ -33,6 +37,43 @@ def complete_checkpoints(run_dir) -> list[Path]:
     return sorted((p for p in root.iterdir() if is_complete(p)), key=lambda p: int(ITER_DIR.match(p.name).group(1)))
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(ckpt_dir) -> None:
+    """Every file's size and sha256, written after all of them (the checkpoint is not yet in place)."""
+    root = Path(ckpt_dir)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
+    entries = {str(p.relative_to(root)): [p.stat().st_size, _sha256(p)] for p in files}
+    (root / MANIFEST).write_text(json.dumps(entries, indent=1) + "\n")
+
+
+def checkpoint_damage(ckpt) -> str | None:
+    """What is wrong with a complete checkpoint's files against its manifest (None: intact, or written before
+    checkpoints had manifests)."""
+    ckpt = Path(ckpt)
+    if not (ckpt / MANIFEST).is_file():
+        return None
+    try:
+        entries = json.loads((ckpt / MANIFEST).read_text())
+    except ValueError:
+        return f"{MANIFEST} is unreadable"
+    for name, (size, digest) in entries.items():
+        path = ckpt / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, {size} were written"
+        if _sha256(path) != digest:
+            return f"{name} does not match its checksum"
+    return None
+
+
 def best_checkpoint_name(run_dir) -> str | None:
     """The checkpoint RUN/best.json names, if the run selected one."""
     path = Path(run_dir) / BEST_FILE
@@ -49,10 +90,13 @@ def resolve_checkpoint(path, flag: str = "--checkpoint") -> tuple[Path, list[Pat
     names, else its latest complete one. Returns (checkpoint, the run's complete checkpoints)."""
     path = Path(path)
     if (path / "arch.json").is_file() or ITER_DIR.match(path.name):
-        return path, [path]
-    run = path.parent if path.name == "checkpoints" else path
-    found = complete_checkpoints(run)
-    if not found:
-        raise input_error(path, flag, str(path), "neither a checkpoint nor a run dir with a complete one")
-    picked = [p for p in found if p.name == best_checkpoint_name(run)]
-    return (picked or found)[-1], found
+        picked, found = path, [path]
+    else:
+        run = path.parent if path.name == "checkpoints" else path
+        found = complete_checkpoints(run)
+        if not found:
+            raise input_error(path, flag, str(path), "neither a checkpoint nor a run dir with a complete one")
+        picked = ([p for p in found if p.name == best_checkpoint_name(run)] or found)[-1]
+    if (damage := checkpoint_damage(picked)) is not None:
+        raise input_error(picked, flag, str(picked), f"corrupt checkpoint: {damage}")
+    return picked, found

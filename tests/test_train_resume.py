@@ -70,8 +70,11 @@ def test_checkpoint_layout(straight_then_resumed):
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert ckpts == ["iter_0000004", "iter_0000006"]  # keep_last = 2, no temporaries left behind
     last = run / "checkpoints" / "iter_0000006"
-    for name in ("trainer_state.pt", "config.gin", "arch.json", "mapping.json"):
+    for name in ("trainer_state.pt", "config.gin", "arch.json", "mapping.json", "manifest.json"):
         assert (last / name).is_file(), name
+    from sidgr.run_layout import checkpoint_damage
+    manifest = json.loads((last / "manifest.json").read_text())
+    assert {"trainer_state.pt", "arch.json", ".metadata"} <= set(manifest) and checkpoint_damage(last) is None
     assert json.loads((last / "arch.json").read_text())["codebook_sizes"] == [8, 8, 4]
     assert Path(json.loads((last / "mapping.json").read_text())["path"]).is_absolute()
     assert "ModelConfig.hidden_size = 32" in (last / "config.gin").read_text()
@@ -82,6 +85,25 @@ def test_checkpoint_layout(straight_then_resumed):
     assert (run / "loss_curves.png").stat().st_size > 1000
     valid = [r for r in metrics(run) if "valid_loss" in r]
     assert [r["step"] for r in valid] == [3, 6]  # eval_interval = 3, and at the end
+
+
+def test_a_damaged_checkpoint_is_skipped_on_resume_and_refused_by_export(straight_then_resumed, tmp_path, capsys):
+    from sidgr.cli import main
+    from sidgr.training.checkpoint import latest_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(straight_then_resumed[0], run)
+    last = run / "checkpoints" / "iter_0000006"
+    shard = next(p for p in sorted(last.iterdir()) if p.suffix == ".distcp")
+    shard.write_bytes(shard.read_bytes()[:-7])  # truncated after the save completed
+    assert latest_checkpoint(run) == run / "checkpoints" / "iter_0000004"
+    assert main(["export", "--checkpoint", str(last), "--out", str(tmp_path / "engine")]) == 1
+    assert f"corrupt checkpoint: {shard.name} has" in capsys.readouterr().err
+    assert not (tmp_path / "engine").exists()
+    flipped = bytearray((run / "checkpoints" / "iter_0000004" / "trainer_state.pt").read_bytes())
+    flipped[-3] ^= 1  # same size, other content
+    (run / "checkpoints" / "iter_0000004" / "trainer_state.pt").write_bytes(bytes(flipped))
+    assert latest_checkpoint(run) is None
 
 
 def test_resume_with_another_model_shape_names_the_tensor(straight_then_resumed, data):

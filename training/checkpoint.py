@@ -20,7 +20,8 @@ from megatron.core.dist_checkpointing.mapping import ShardedTensor
 from sidgr.arch import ModelArch
 from sidgr.errors import input_error
 from sidgr.io import atomic_path
-from sidgr.run_layout import TRAINER_STATE, complete_checkpoints
+from sidgr.logs import get_logger
+from sidgr.run_layout import TRAINER_STATE, checkpoint_damage, complete_checkpoints, write_manifest
 
 # The distributed optimizer's state only reshards (TP/DP changes) in this format.
 _SHARDING_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
@@ -38,8 +39,13 @@ def _remove_stale_temporaries(root: Path) -> None:
 
 
 def latest_checkpoint(run_dir) -> Path | None:
-    found = complete_checkpoints(run_dir)
-    return found[-1] if found else None
+    """The newest complete checkpoint whose files match their manifest; a damaged one is skipped, said once."""
+    for ckpt in reversed(complete_checkpoints(run_dir)):
+        damage = checkpoint_damage(ckpt)
+        if damage is None:
+            return ckpt
+        get_logger("sidgr.train").warning(f"{ckpt}: skipped, corrupt checkpoint ({damage})")
+    return None
 
 
 # ---- RNG -----------------------------------------------------------------------------------------------------
@@ -205,7 +211,9 @@ def save_checkpoint(run_dir, iteration: int, model, optimizer, scheduler, loader
             (tmp_dir / "config.gin").write_text(config_str)
             (tmp_dir / "arch.json").write_text(arch.to_json() + "\n")
             (tmp_dir / "mapping.json").write_text(json.dumps({"path": str(Path(mapping_path).resolve())}) + "\n")
-        dist.barrier()  # everything written before rank 0 renames it into place
+        dist.barrier()  # every rank's files written before rank 0 lists them and renames the directory into place
+        if rank0:
+            write_manifest(tmp_dir)
     if rank0:
         for old in complete_checkpoints(run_dir)[:-max(keep_last, 1)]:
             if old.name not in keep:
