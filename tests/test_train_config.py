@@ -164,3 +164,7 @@ def test_resume_may_change_how_long_and_fast_but_not_what_it_trains(tmp_path, ca
             err = capsys.readouterr().err.strip().splitlines()
             assert len(err) == 1 and binding.split("=")[0] in err[0] and "start a new run_dir" in err[0], err
     assert (ckpt / "config.gin").read_text() == load_configs(args[1], args[2:])["config_str"]  # nothing written
+    # a checkpoint of an older release, without a field added since, resumes with that field at its default
+    older = "\n".join(x for x in (ckpt / "config.gin").read_text().splitlines() if "ModelConfig.history" not in x)
+    (ckpt / "config.gin").write_text(older)
+    assert check_resume_config(run, load_configs(args[1], args[2:])["config_str"]) == []

@@ -94,3 +94,20 @@ def test_a_two_rank_run_says_once_what_megatron_warns_about_per_module_and_rank(
     assert "OMP_NUM_THREADS" not in proc.stderr  # torchrun's banner: the launcher sets the threads itself
     assert "reinit" not in proc.stderr  # wandb's deprecation warning
     assert proc.stderr.count("not installed: Megatron-Core uses its local torch implementations") == 1
+
+
+def test_a_non_finite_loss_stops_the_run_in_one_line_and_saves_nothing_after_it(tmp_path):
+    paths = write_dataset(tmp_path / "data")
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "sidgr.cli", "train", "--config", "configs/tiny_ci.gin",
+                           f'TrainerConfig.run_dir="{run}"', *data_overrides(paths), "OptimizerConfig.lr=1e30",
+                           "OptimizerConfig.warmup_steps=0", "OptimizerConfig.clip_grad=0.0",
+                           "TrainerConfig.save_interval=1", "TrainerConfig.eval_interval=0"],
+                          capture_output=True, text=True, env=worker_env(), timeout=240)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "FloatingPointError: loss is" in last and last.startswith("sidgr train: error:"), proc.stderr[-2000:]
+    failed_at = int(last.rsplit("step ", 1)[1])
+    saved = sorted(int(p.name[5:]) for p in (run / "checkpoints").glob("iter_*")) if (run / "checkpoints").exists() \
+        else []
+    assert all(s < failed_at for s in saved), (saved, failed_at)

@@ -59,14 +59,15 @@ def check_resume_config(run_dir: str | os.PathLike, config_str: str) -> list[str
         return []
     before = gin_bindings((ckpts[-1] / "config.gin").read_text())
     now = gin_bindings(config_str)
-    changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+    # a field only one side has is a release that added or removed it, not a change the user asked for
+    changed = sorted(k for k in before.keys() & now.keys() if before[k] != now[k])
     fixed = [k for k in changed if k.split(".")[0] in FIXED_ON_RESUME and k not in MAY_CHANGE]
     if fixed:
         k = fixed[0]
-        raise input_error(ckpts[-1] / "config.gin", k, now.get(k, "<unset>"),
-                          f"--resume would change what the run trains (it has {before.get(k, '<unset>')}"
+        raise input_error(ckpts[-1] / "config.gin", k, now[k],
+                          f"--resume would change what the run trains (it has {before[k]}"
                           f"{f'; also {len(fixed) - 1} more' if len(fixed) > 1 else ''}): start a new run_dir instead")
-    return [f"{k}: {before.get(k, '<unset>')} -> {now.get(k, '<unset>')}" for k in changed]
+    return [f"{k}: {before[k]} -> {now[k]}" for k in changed]
 
 
 def take_lock(run_dir: str | os.PathLike, pid: int | None = None) -> None:
