@@ -1,4 +1,7 @@
-"""`sidgr train --nproc N --config configs/X.gin [--resume] [gin overrides ...]`: checks, then runs torchrun."""
+"""`sidgr train --nproc N --config configs/X.gin [--resume] [gin overrides ...]`: checks, then runs torchrun.
+
+Several nodes: the same command on each, with `--nnodes M --node-rank R --rdzv-endpoint HOST:PORT` (torchrun's c10d
+rendezvous; the run dir on storage every node sees). Node 0 checks and locks the run dir."""
 from __future__ import annotations
 
 import argparse
@@ -16,36 +19,58 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
     parser.add_argument("--print-config", action="store_true",
                         help="print the effective gin config (file + overrides, every value) and exit")
+    parser.add_argument("--nnodes", type=int, default=1, help="machines in the job (each runs this command)")
+    parser.add_argument("--node-rank", type=int, default=0, help="this machine's index, 0..nnodes-1")
+    parser.add_argument("--rdzv-endpoint", default=None, help="HOST:PORT of the c10d rendezvous (with --nnodes > 1)")
+    parser.add_argument("--rdzv-id", default="sidgr", help="job id shared by the nodes of one run")
     parser.add_argument("overrides", nargs="*", help="gin bindings, e.g. TrainerConfig.train_steps=10")
 
 
 def torchrun_command(args: argparse.Namespace) -> list[str]:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+    where = ["--standalone"] if args.nnodes == 1 else [
+        f"--nnodes={args.nnodes}", f"--node_rank={args.node_rank}", "--rdzv_backend=c10d",
+        f"--rdzv_endpoint={args.rdzv_endpoint}", f"--rdzv_id={args.rdzv_id}"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", *where, f"--nproc_per_node={args.nproc}",
            "-m", "sidgr.training.train", "--config", args.config]
     return cmd + (["--resume"] if args.resume else []) + list(args.overrides)
+
+
+def check_nodes(args: argparse.Namespace) -> None:
+    if args.nnodes < 1:
+        raise input_error("sidgr train", "--nnodes", args.nnodes, "must be >= 1")
+    if not 0 <= args.node_rank < args.nnodes:
+        raise input_error("sidgr train", "--node-rank", args.node_rank, f"must be in 0..{args.nnodes - 1}")
+    if args.nnodes > 1 and not re.fullmatch(r"[\w.\-\[\]:]+:\d+", args.rdzv_endpoint or ""):
+        raise input_error("sidgr train", "--rdzv-endpoint", args.rdzv_endpoint,
+                          "HOST:PORT of the rendezvous is needed with --nnodes > 1")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.nproc < 1:
         raise input_error("sidgr train", "--nproc", args.nproc, "must be >= 1")
+    check_nodes(args)
     if not Path(args.config).is_file():
         raise input_error(args.config, "--config", args.config, "gin file does not exist")
     # Check the config and the data in this process first: a bad input is one line, not a torchrun traceback.
-    from sidgr.training.config import check_parallel_layout, load_configs
     from sidgr.logs import get_logger
+    from sidgr.training.config import check_parallel_layout, load_configs
     from sidgr.training.run_dir import check_resume_config, check_start, take_lock
     from sidgr.training.task import preflight
     cfgs = load_configs(args.config, args.overrides)
     if args.print_config:
         print(cfgs["config_str"], end="")
         return 0
-    check_parallel_layout(cfgs["model"], cfgs["parallel"], cfgs["data"].global_batch_size, args.nproc, args.config)
-    check_start(cfgs["trainer"].run_dir, args.resume)
-    if args.resume:
-        for change in check_resume_config(cfgs["trainer"].run_dir, cfgs["config_str"]):
-            get_logger("sidgr.train").info(f"resume changes {change}")
+    check_parallel_layout(cfgs["model"], cfgs["parallel"], cfgs["data"].global_batch_size, args.nproc * args.nnodes,
+                          args.config)
+    first_node = args.node_rank == 0  # the run dir is shared: one node checks and locks it
+    if first_node:
+        check_start(cfgs["trainer"].run_dir, args.resume)
+        if args.resume:
+            for change in check_resume_config(cfgs["trainer"].run_dir, cfgs["config_str"]):
+                get_logger("sidgr.train").info(f"resume changes {change}")
     preflight(cfgs)
-    take_lock(cfgs["trainer"].run_dir)  # this launcher's pid: it lives exactly as long as the job
+    if first_node:
+        take_lock(cfgs["trainer"].run_dir)  # this launcher's pid: it lives exactly as long as the job
     os.environ.setdefault("WANDB_MODE", "offline")
     if args.nproc > 1:  # torchrun would set 1 and print a banner about it; share the cores between the ranks
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.nproc)))

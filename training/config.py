@@ -111,7 +111,7 @@ def check_parallel_layout(model: ModelConfig, parallel: ParallelConfig, global_b
         (model.hidden_size % model.num_attention_heads == 0, "ModelConfig.hidden_size", model.hidden_size,
          f"not divisible by ModelConfig.num_attention_heads={model.num_attention_heads}"),
         (tp >= 1 and nproc % tp == 0, "ParallelConfig.tensor_parallel", tp,
-         f"must divide the number of processes (--nproc {nproc})"),
+         f"must divide the number of processes ({nproc}: --nproc x --nnodes)"),
         (model.num_attention_heads % tp == 0, "ModelConfig.num_attention_heads", model.num_attention_heads,
          f"not divisible by ParallelConfig.tensor_parallel={tp}"),
         (model.ffn_hidden_size % tp == 0, "ModelConfig.ffn_hidden_size", model.ffn_hidden_size,
@@ -123,7 +123,7 @@ def check_parallel_layout(model: ModelConfig, parallel: ParallelConfig, global_b
     dp = nproc // tp
     if global_batch_size % dp:
         raise input_error(source, "DataConfig.global_batch_size", global_batch_size,
-                          f"not divisible by the data-parallel size {dp} (--nproc {nproc} / TP {tp})")
+                          f"not divisible by the data-parallel size {dp} ({nproc} processes / TP {tp})")
 
 
 BUILT_CONFIGURABLES = ("TrainerConfig", "ModelConfig", "OptimizerConfig", "ParallelConfig", "DataConfig")
