@@ -72,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     if first_node:
         take_lock(cfgs["trainer"].run_dir)  # this launcher's pid: it lives exactly as long as the job
     os.environ.setdefault("WANDB_MODE", "offline")
+    # Megatron's setting for overlapping TP communication on GPU (it warns per rank without it; harmless on CPU)
+    os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")
     if args.nproc > 1:  # torchrun would set 1 and print a banner about it; share the cores between the ranks
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.nproc)))
     note_missing_gpu_libraries()

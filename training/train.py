@@ -160,7 +160,8 @@ def run(cfgs: dict, resume: bool) -> dict:
                    "tokens_per_s": last["tokens"] / dt, "step_time_s": dt}
             throughput.add(last["tokens"], dt)
             bar.update(1)
-            bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}", tok_s=f"{rec['tokens_per_s']:.0f}")
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}", tok_s=f"{rec['tokens_per_s']:.0f}",
+                            refresh=False)  # shown at the bar's own pace (every 30 s in a log file)
             if step % max(tcfg.log_interval, 1) == 0 or step == tcfg.train_steps:
                 metrics.add(rec)
                 wandb_run.log(rec)

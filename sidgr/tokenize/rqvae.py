@@ -154,7 +154,7 @@ def train_rqvae(x: torch.Tensor, cfg: RQVAEConfig, progress: bool = True) -> RQV
         if cfg.dead_code_steps:
             resets += reset_dead_codes(model, residuals, last_used, step, gen)
         if step % 50 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}", resets=resets)
+            bar.set_postfix(loss=f"{loss.item():.4f}", resets=resets, refresh=False)
     return model
 
 
