@@ -146,6 +146,7 @@ def test_kill9_during_a_checkpoint_save_then_resume_ends_bit_identical(tmp_path)
         time.sleep(0.002)
     first.wait()
     assert caught is not None, "the run finished before a save could be interrupted"
+    time.sleep(2)  # the workers die with their launcher (parent-death signal); let them go first
     resumed = train(killed, "--resume")
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()[-3000:]
     assert not list((killed / "checkpoints").glob(".iter_*.tmp"))
