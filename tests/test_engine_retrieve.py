@@ -158,3 +158,36 @@ def test_two_processes_write_the_same_output_and_resume(setup, monkeypatch):
     assert parts == ["part-000000.parquet", "part-000001.parquet"]  # one per rank: batches 0 and 1
     assert two("resumed.parquet").returncode == 0
     assert (tmp_path / "resumed.parquet").read_bytes() == (tmp_path / "one.parquet").read_bytes()
+
+
+@pytest.mark.slow
+def test_kill9_mid_way_then_rerun_equals_uninterrupted_run(setup):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    tmp_path, _ = setup
+    g = torch.Generator().manual_seed(1)
+    users = 4000
+    hist = [torch.randint(N_ITEMS, (int(n),), generator=g).tolist()
+            for n in torch.randint(1, 15, (users,), generator=g)]
+    pq.write_table(pa.table({"user_id": list(range(users)), "item_ids": hist}), tmp_path / "many.parquet")
+    assert retrieve(tmp_path, "whole.parquet", seq="many.parquet") == 0
+    cmd = [sys.executable, "-m", "sidgr.cli", "retrieve", "--engine", str(tmp_path / "engine"), "--sequences",
+           str(tmp_path / "many.parquet"), "--out", str(tmp_path / "killed.parquet"), "--k", "7", "--beam-widths",
+           "4,16,32", "--batch-size", "5"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parts = tmp_path / ".killed.parquet.parts"
+    deadline = time.time() + 120
+    while proc.poll() is None and len(list(parts.glob("part-*.parquet"))) < 3 and time.time() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed.parquet").exists(), "finished before the kill: make the workload larger"
+    done = len(list(parts.glob("part-*.parquet")))
+    assert 3 <= done < users // 5
+    assert retrieve(tmp_path, "killed.parquet", seq="many.parquet") == 0
+    assert (tmp_path / "killed.parquet").read_bytes() == (tmp_path / "whole.parquet").read_bytes()
+    assert not parts.exists()
