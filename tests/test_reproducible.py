@@ -37,7 +37,10 @@ def test_tokenize_twice_gives_the_same_sids(catalog, tmp_path, method):
         runs.append(out)
     a, b = runs
     assert (a / "sids.json").read_bytes() == (b / "sids.json").read_bytes()
-    assert json.loads((a / "diagnostics.json").read_text()) == json.loads((b / "diagnostics.json").read_text())
+    diag = [json.loads((run / "diagnostics.json").read_text()) for run in runs]
+    for d in diag:
+        d.pop("seconds", None)  # wall-clock timings
+    assert diag[0] == diag[1]
 
 
 def losses(run_dir):
@@ -62,4 +65,6 @@ def test_training_retrieval_and_metrics_twice_are_identical(tmp_path):
     wa, wb = load_file(a / "engine" / "model.safetensors"), load_file(b / "engine" / "model.safetensors")
     assert wa.keys() == wb.keys() and all(wa[k].equal(wb[k]) for k in wa)
     assert pq.read_table(a / "cand.parquet").equals(pq.read_table(b / "cand.parquet"))
-    assert json.loads((a / "eval" / "metrics.json").read_text()) == json.loads((b / "eval" / "metrics.json").read_text())
+    ma, mb = (json.loads((run / "eval" / "metrics.json").read_text()) for run in (a, b))
+    ma["inputs"].pop("candidates"), mb["inputs"].pop("candidates")  # the two runs' own paths
+    assert ma == mb and ma["metrics"]["recall@10"]["mean"] > 0
