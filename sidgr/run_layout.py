@@ -86,10 +86,11 @@ def best_checkpoint_name(run_dir) -> str | None:
 
 
 def resolve_checkpoint(path, flag: str = "--checkpoint") -> tuple[Path, list[Path]]:
-    """A checkpoint directory as given; for a run directory (or its `checkpoints/`) the checkpoint its best.json
-    names, else its latest complete one. Returns (checkpoint, the run's complete checkpoints)."""
+    """A checkpoint directory as given (ours, or any torch.distributed checkpoint); for a run directory (or its
+    `checkpoints/`) the checkpoint its best.json names, else its latest complete one; a damaged one (its manifest
+    disagrees) is an error. Returns (checkpoint, the run's complete checkpoints)."""
     path = Path(path)
-    if (path / "arch.json").is_file() or ITER_DIR.match(path.name):
+    if (path / "arch.json").is_file() or (path / ".metadata").is_file() or ITER_DIR.match(path.name):
         picked, found = path, [path]
     else:
         run = path.parent if path.name == "checkpoints" else path
