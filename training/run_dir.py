@@ -2,8 +2,9 @@
 
 A fresh run refuses a directory that holds an earlier run (metrics or checkpoints): continuing it needs --resume,
 so two runs are never mixed; a resume may change how long and how fast it trains (TrainerConfig, OptimizerConfig)
-but not what it trains (ModelConfig, DataConfig, ParallelConfig), checked against the latest checkpoint's config. The launcher (`sidgr train`, whose pid the torchrun agent keeps after exec) records
-its pid in a lock file; a second launcher is refused while that pid is alive and takes a stale lock over.
+but not what it trains (ModelConfig, DataConfig, ParallelConfig), checked against the latest checkpoint's config.
+The launcher (`sidgr train`, whose pid the torchrun agent keeps after exec) records its pid in a lock file; a
+second launcher is refused while that pid is alive and takes a stale lock over.
 """
 from __future__ import annotations
 
