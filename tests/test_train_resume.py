@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from train_fixtures import read_checkpoint, train, write_dataset
+from train_fixtures import flat, read_checkpoint, train, write_dataset
 
 pytestmark = [pytest.mark.dist, pytest.mark.slow]
 
@@ -21,14 +21,6 @@ def metrics(run_dir) -> list[dict]:
 
 def train_losses(run_dir) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in metrics(run_dir) if "loss" in r}
-
-
-def flat(d, prefix=""):
-    for k, v in d.items():
-        if isinstance(v, dict):
-            yield from flat(v, f"{prefix}{k}/")
-        elif isinstance(v, torch.Tensor):
-            yield f"{prefix}{k}", v
 
 
 @pytest.fixture(scope="module")

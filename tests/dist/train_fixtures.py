@@ -72,3 +72,12 @@ def read_checkpoint(ckpt_dir) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         dcp_to_torch_save(str(ckpt_dir), f"{tmp}/sd.pt")
         return torch.load(f"{tmp}/sd.pt", weights_only=False)
+
+
+def flat(d, prefix=""):
+    """(name, tensor) pairs of a nested checkpoint dict; nested keys joined with '/'."""
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from flat(v, f"{prefix}{k}/")
+        elif isinstance(v, torch.Tensor):
+            yield f"{prefix}{k}", v
