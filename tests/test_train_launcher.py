@@ -146,7 +146,22 @@ def test_kill9_during_a_checkpoint_save_then_resume_ends_bit_identical(tmp_path)
         time.sleep(0.002)
     first.wait()
     assert caught is not None, "the run finished before a save could be interrupted"
-    time.sleep(2)  # the workers die with their launcher (parent-death signal); let them go first
+
+    def ours() -> list[str]:  # processes of this run: workers and whatever they forked (checkpoint writers)
+        found = []
+        for proc_dir in Path("/proc").glob("[0-9]*"):
+            try:
+                cmd = (proc_dir / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if str(killed).encode() in cmd and alive(int(proc_dir.name)):
+                found.append(cmd.replace(b"\0", b" ")[:160].decode(errors="replace"))
+        return found
+
+    deadline = time.time() + 20
+    while ours() and time.time() < deadline:
+        time.sleep(0.2)
+    assert not ours(), f"outlived the killed launcher: {ours()}"
     resumed = train(killed, "--resume")
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()[-3000:]
     assert not list((killed / "checkpoints").glob(".iter_*.tmp"))

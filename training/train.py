@@ -62,11 +62,12 @@ def run(cfgs: dict, resume: bool) -> dict:
     from sidgr.training.task import preflight
 
     mapping, task, arch = preflight(cfgs)  # before anything heavy starts
-    from sidgr.process import die_with_parent, under_torchrun
+    from sidgr.process import die_with_parent, forks_die_with_parent, under_torchrun
     from sidgr.training.run_dir import check_start
 
     if under_torchrun():
         die_with_parent()  # a killed launcher never leaves this worker training on its own
+        forks_die_with_parent()  # nor a checkpoint-writer process the worker forked
     check_start(tcfg.run_dir, resume)
 
     from sidgr.training.run_log import MetricsLog, Throughput, WandbRun, peak_memory_mb

@@ -1,0 +1,39 @@
+"""Processes forked by a training worker die with it (Megatron's checkpoint writers fork helpers of their own)."""
+import os
+import signal
+import time
+
+from sidgr.process import forks_die_with_parent
+
+
+def state(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "gone"
+
+
+def test_a_fork_of_a_registered_process_dies_when_that_process_is_killed(tmp_path):
+    child = os.fork()
+    if child == 0:  # the "worker": registers, forks a long-lived helper, then waits
+        try:
+            forks_die_with_parent()
+            helper = os.fork()
+            if helper == 0:
+                time.sleep(60)
+                os._exit(0)
+            (tmp_path / "helper").write_text(str(helper))
+            time.sleep(60)
+        finally:
+            os._exit(0)
+    deadline = time.time() + 10
+    while not (tmp_path / "helper").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    helper = int((tmp_path / "helper").read_text())
+    assert state(helper) in ("S", "R")
+    os.kill(child, signal.SIGKILL)
+    os.waitpid(child, 0)
+    deadline = time.time() + 5
+    while state(helper) not in ("Z", "gone") and time.time() < deadline:
+        time.sleep(0.05)
+    assert state(helper) in ("Z", "gone")  # killed by the kernel with its parent (a zombie until init reaps it)
