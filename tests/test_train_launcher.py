@@ -174,3 +174,46 @@ def test_kill9_during_a_checkpoint_save_then_resume_ends_bit_identical(tmp_path)
     a, b = (read_checkpoint(run / "checkpoints" / "iter_0000010") for run in (straight, killed))
     weights = [k for k, v in a.items() if not k.startswith("optimizer") and hasattr(v, "shape")]
     assert len(weights) > 10 and all(a[k].equal(b[k]) for k in weights)
+
+
+def test_a_killed_worker_is_restarted_and_the_run_ends_as_if_uninterrupted(tmp_path):
+    """--max-restarts 1, DP=2: kill -9 one worker after the first checkpoint; torchrun restarts the group, which
+    resumes from the latest complete checkpoint by itself; losses and weights equal an uninterrupted run's."""
+    from train_fixtures import flat, read_checkpoint
+
+    paths = write_dataset(tmp_path / "data")
+    steps = ["TrainerConfig.train_steps=12", "TrainerConfig.save_interval=4", "TrainerConfig.eval_interval=0",
+             "TrainerConfig.log_interval=1"]
+
+    def train(run, *extra):
+        return subprocess.Popen([sys.executable, "-m", "sidgr.cli", "train", "--nproc", "2", *extra, "--config",
+                                 "configs/tiny_ci.gin", f'TrainerConfig.run_dir="{run}"', *data_overrides(paths),
+                                 *steps], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=worker_env())
+
+    assert train(tmp_path / "straight").wait(timeout=300) == 0
+    run = tmp_path / "elastic"
+    proc = train(run, "--max-restarts", "1")
+    deadline, killed = time.time() + 240, None
+    while killed is None and proc.poll() is None and time.time() < deadline:
+        if any((run / "checkpoints").glob("iter_0000004")):
+            try:
+                workers = [p for p in descendants(proc.pid)
+                           if b"sidgr.training.train" in Path(f"/proc/{p}/cmdline").read_bytes()]
+            except FileNotFoundError:  # a process ended while we looked
+                workers = []
+            if len(workers) == 2:
+                os.kill(workers[-1], signal.SIGKILL)
+                killed = workers[-1]
+        time.sleep(0.05)
+    assert killed is not None, "the run ended before a worker could be killed"
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()[-3000:]
+
+    def losses(r):
+        lines = [json.loads(x) for x in (r / "metrics.jsonl").read_text().splitlines()]
+        return [(x["step"], x["loss"]) for x in lines if "loss" in x]
+
+    assert losses(run) == losses(tmp_path / "straight") and len(losses(run)) == 12  # no duplicated steps either
+    a, b = (dict(flat(read_checkpoint(r / "checkpoints" / "iter_0000012"))) for r in (tmp_path / "straight", run))
+    weights = [k for k in a if not k.startswith("optimizer")]
+    assert len(weights) > 10 and all(a[k].equal(b[k]) for k in weights)

@@ -23,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--node-rank", type=int, default=0, help="this machine's index, 0..nnodes-1")
     parser.add_argument("--rdzv-endpoint", default=None, help="HOST:PORT of the c10d rendezvous (with --nnodes > 1)")
     parser.add_argument("--rdzv-id", default="sidgr", help="job id shared by the nodes of one run")
+    parser.add_argument("--max-restarts", type=int, default=0,
+                        help="when a worker dies, torchrun restarts the group up to this many times; it resumes "
+                             "from the latest complete checkpoint by itself")
     parser.add_argument("overrides", nargs="*", help="gin bindings, e.g. TrainerConfig.train_steps=10")
 
 
@@ -31,11 +34,13 @@ def torchrun_command(args: argparse.Namespace) -> list[str]:
         f"--nnodes={args.nnodes}", f"--node_rank={args.node_rank}", "--rdzv_backend=c10d",
         f"--rdzv_endpoint={args.rdzv_endpoint}", f"--rdzv_id={args.rdzv_id}"]
     cmd = [sys.executable, "-m", "torch.distributed.run", *where, f"--nproc_per_node={args.nproc}",
-           "-m", "sidgr.training.train", "--config", args.config]
+           f"--max-restarts={args.max_restarts}", "-m", "sidgr.training.train", "--config", args.config]
     return cmd + (["--resume"] if args.resume else []) + list(args.overrides)
 
 
 def check_nodes(args: argparse.Namespace) -> None:
+    if args.max_restarts < 0:
+        raise input_error("sidgr train", "--max-restarts", args.max_restarts, "must be >= 0")
     if args.nnodes < 1:
         raise input_error("sidgr train", "--nnodes", args.nnodes, "must be >= 1")
     if not 0 <= args.node_rank < args.nnodes:

@@ -64,6 +64,19 @@ def _ensure_env_for_single_process() -> None:
                       MASTER_PORT=str(_free_port()))
 
 
+def attempt_store(world: int) -> dict:
+    """After torchrun restarted the worker group, a store whose keys are this attempt's own: the agent's store
+    keeps the previous attempt's peer addresses, and gloo would dial a dead worker."""
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if attempt == 0:
+        return {}
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                          is_master=os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
+                          and os.environ["RANK"] == "0", timeout=timedelta(minutes=10))
+    return {"store": dist.PrefixStore(f"sidgr_attempt_{attempt}", store), "rank": int(os.environ["RANK"]),
+            "world_size": world}
+
+
 def init_distributed(tensor_parallel: int) -> DistInfo:
     """init_process_group + initialize_model_parallel(TP, DP = world / TP) + (CPU) the compat layer."""
     from megatron.core import parallel_state as ps
@@ -76,7 +89,8 @@ def init_distributed(tensor_parallel: int) -> DistInfo:
     if use_cuda:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(minutes=10))
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(minutes=10),
+                                **attempt_store(world))
     ps.initialize_model_parallel(tensor_model_parallel_size=tensor_parallel)
     if not use_cuda:
         _enter_cpu_compat()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -68,7 +69,10 @@ def run(cfgs: dict, resume: bool) -> dict:
     if under_torchrun():
         die_with_parent()  # a killed launcher never leaves this worker training on its own
         forks_die_with_parent()  # nor a checkpoint-writer process the worker forked
-    check_start(tcfg.run_dir, resume)
+    # torchrun restarted the group after a worker died (--max-restarts): continue this job's own run
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    if not restarted:
+        check_start(tcfg.run_dir, resume)
 
     from sidgr.training.run_log import MetricsLog, Throughput, WandbRun, peak_memory_mb
     from sidgr.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
@@ -98,6 +102,10 @@ def run(cfgs: dict, resume: bool) -> dict:
                      f"(best {selection.best_checkpoint}, {selection.metric} {selection.best_value:.4f}): "
                      f"nothing to do")
             return {}
+        if restarted:
+            resume = latest_checkpoint(run_dir) is not None
+            log.info(f"restart {os.environ['TORCHELASTIC_RESTART_COUNT']} of the worker group: "
+                     + ("resuming from the latest complete checkpoint" if resume else "no checkpoint yet, from step 0"))
         if resume:
             ckpt = latest_checkpoint(run_dir)
             if ckpt is None:
