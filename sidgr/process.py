@@ -57,6 +57,11 @@ def forks_die_with_parent() -> None:
     _FORKS_REGISTERED = True
 
 
+def restart_attempt() -> int:
+    """How many times torchrun has restarted this worker group (--max-restarts); 0 on the first attempt."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+
 def under_torchrun() -> bool:
     """This process is a worker that torchrun started (its agent sets these)."""
     return "TORCHELASTIC_RUN_ID" in os.environ or "WORLD_SIZE" in os.environ

@@ -156,13 +156,14 @@ def _save_png(fig, path: Path) -> None:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
 
 
-def _figure():
+def _figure(ncols: int = 1):
+    """(pyplot, figure, axes): one 6.4 x 4 panel per column (a single Axes when ncols is 1)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt, *plt.subplots(figsize=(6.4, 4.0))
+    return plt, *plt.subplots(1, ncols, figsize=(6.4 if ncols == 1 else 5.5 * ncols, 4.0))
 
 
 def plot_curves(logs: dict[str, list[dict]], out_dir) -> list[Path]:
@@ -193,13 +194,8 @@ def plot_recall_vs_beam(beam: dict[int, dict], exact: dict | None, out_path, met
                         latency: dict[int, float] | None = None) -> Path:
     """Recall@K vs beam width (log x axis, one line per K with CI bars, the exact ranking's as a dashed line);
     beside it, with `latency`, milliseconds per user vs beam width."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2 if latency else 1, figsize=(11.0 if latency else 6.4, 4.0), squeeze=False)
-    ax = axes[0][0]
+    plt, fig, axes = _figure(2 if latency else 1)
+    ax = axes[0] if latency else axes
     widths = sorted(beam)
     for i, metric in enumerate(m for m in metrics if all(m in beam[w]["metrics"] for w in widths)):
         stats = [beam[w]["metrics"][metric] for w in widths]
@@ -217,7 +213,7 @@ def plot_recall_vs_beam(beam: dict[int, dict], exact: dict | None, out_path, met
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     if latency:
-        lat = axes[0][1]
+        lat = axes[1]
         ws = sorted(latency)
         lat.plot(ws, [latency[w] for w in ws], marker="o")
         lat.set_xscale("log", base=2)

@@ -67,7 +67,9 @@ def _ensure_env_for_single_process() -> None:
 def attempt_store(world: int) -> dict:
     """After torchrun restarted the worker group, a store whose keys are this attempt's own: the agent's store
     keeps the previous attempt's peer addresses, and gloo would dial a dead worker."""
-    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    from sidgr.process import restart_attempt
+
+    attempt = restart_attempt()
     if attempt == 0:
         return {}
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -63,14 +62,14 @@ def run(cfgs: dict, resume: bool) -> dict:
     from sidgr.training.task import preflight
 
     mapping, task, arch = preflight(cfgs)  # before anything heavy starts
-    from sidgr.process import die_with_parent, forks_die_with_parent, under_torchrun
+    from sidgr.process import die_with_parent, forks_die_with_parent, restart_attempt, under_torchrun
     from sidgr.training.run_dir import check_start
 
     if under_torchrun():
         die_with_parent()  # a killed launcher never leaves this worker training on its own
         forks_die_with_parent()  # nor a checkpoint-writer process the worker forked
     # torchrun restarted the group after a worker died (--max-restarts): continue this job's own run
-    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    restarted = restart_attempt() > 0
     if not restarted:
         check_start(tcfg.run_dir, resume)
 
@@ -104,7 +103,7 @@ def run(cfgs: dict, resume: bool) -> dict:
             return {}
         if restarted:
             resume = latest_checkpoint(run_dir) is not None
-            log.info(f"restart {os.environ['TORCHELASTIC_RESTART_COUNT']} of the worker group: "
+            log.info(f"restart {restart_attempt()} of the worker group: "
                      + ("resuming from the latest complete checkpoint" if resume else "no checkpoint yet, from step 0"))
         if resume:
             ckpt = latest_checkpoint(run_dir)
