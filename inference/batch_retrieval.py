@@ -37,6 +37,7 @@ class RetrievalParams:
     exact: bool
     batch_size: int
     new_items: str = "model"
+    dense_weight: float | None = None  # None: the engine's trained weight (see Engine.retrieve)
 
 
 def retrieve_file(engine: Engine, engine_dir, sequences, out, params: RetrievalParams,
@@ -62,7 +63,7 @@ def retrieve_file(engine: Engine, engine_dir, sequences, out, params: RetrievalP
                 continue
             histories = [torch.from_numpy(batch.items.row(u)) for u in range(batch.num_users)]
             ranked = engine.retrieve(histories, params.k, params.widths, params.exclude_history, params.exact,
-                                     params.new_items)
+                                     params.new_items, params.dense_weight)
             write_candidates(part, Candidates(batch.user_ids, *ranked.to_ragged()))
             written += 1
             if written == fail_after:

@@ -207,11 +207,13 @@ def backoff_candidates(paths: ItemPaths, new_items: torch.Tensor, depth: int, pr
 
 
 def rank_items(index: PrefixIndex, leaves: torch.Tensor, scores: torch.Tensor, k: int,
-               seen: tuple[torch.Tensor, torch.Tensor] | None = None, extra=None, item_leaves=None) -> Ranked:
+               seen: tuple[torch.Tensor, torch.Tensor] | None = None, extra=None, item_leaves=None,
+               bonus: torch.Tensor | None = None) -> Ranked:
     """Leaves [B, W] with scores -> top-k items per user: every item of a leaf gets the leaf's score;
     order: score desc, then SID (leaf id) asc, then item id asc. `seen` (user rows, items) are dropped.
     extra: more (user rows, items, scores) candidates (`backoff_candidates`; item_leaves [N] maps items to
-    leaves); an item found both ways keeps its higher score."""
+    leaves); an item found both ways keeps its higher score. bonus [B, N]: added to each candidate's score
+    (the dense item-level score) before ranking."""
     B, W = leaves.shape
     live = (leaves >= 0).reshape(-1).nonzero().squeeze(1)
     items, owner = index.leaf_to_items(leaves.reshape(-1)[live])
@@ -228,6 +230,8 @@ def rank_items(index: PrefixIndex, leaves: torch.Tensor, scores: torch.Tensor, k
         first[1:] = key[1:] != key[:-1]
         keep = order[first]  # the best score of each (user, item)
         users, items, item_scores, item_leaf = users[keep], items[keep], item_scores[keep], item_leaf[keep]
+    if bonus is not None:
+        item_scores = item_scores + bonus[users, items]
     if seen is not None and seen[0].numel():
         n = int(max(int(items.max()) if items.numel() else 0, int(seen[1].max()))) + 1
         seen_keys = (seen[0] * n + seen[1]).sort().values

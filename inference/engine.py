@@ -34,6 +34,27 @@ class Engine:
         nodes = self.index.prefix_nodes(files.mapping.codes) if "prefixn" in files.arch.item_parts else None
         self.model = EngineModel.from_state_dict(files.arch, files.state_dict, nodes)
         self.paths = ItemPaths.build(self.index, files.mapping.num_items)
+        self.item_table = self.catalog_vectors() if files.arch.dense_weight > 0 else None
+
+    def catalog_vectors(self) -> torch.Tensor:
+        """Every catalog item's ITEM vector [N, h]: the item side of the dense item-level score."""
+        offsets = torch.tensor(self.arch.level_offsets, dtype=torch.int64)
+        codes = self.mapping.codes.to(torch.int64).t() + offsets
+        with torch.no_grad():
+            return self.model.embedding.item_vectors(codes, torch.arange(self.mapping.num_items))
+
+    def dense_bonus(self, bos_hidden: torch.Tensor, weight: float | None) -> torch.Tensor | None:
+        """weight * log-softmax of the BOS states over every item's ITEM vector [B, N] (None when weight is 0).
+        weight None: the arch's `dense_weight` (the one the model was trained with)."""
+        weight = self.arch.dense_weight if weight is None else float(weight)
+        if weight == 0:
+            return None
+        if self.item_table is None:
+            raise input_error("retrieve", "dense_weight", weight, "the engine's model was trained without the dense "
+                                                                  "item-level score (ModelConfig.dense_weight = 0)")
+        if weight < 0:
+            raise input_error("retrieve", "dense_weight", weight, "must be >= 0")
+        return (bos_hidden @ self.item_table.t()).log_softmax(-1).mul_(weight)
 
     @classmethod
     def load(cls, engine_dir: str | os.PathLike) -> "Engine":
@@ -82,7 +103,8 @@ class Engine:
 
     @torch.no_grad()
     def retrieve(self, histories: list[torch.Tensor], k: int, widths: int | list[int],
-                 exclude_history: bool = False, exact: bool = False, new_items: str = "model") -> Ranked:
+                 exclude_history: bool = False, exact: bool = False, new_items: str = "model",
+                 dense_weight: float | None = None) -> Ranked:
         """Top-k catalog items for each history (item ids, time order; the last max_history are used).
 
         widths: the beam width (int) or one width per level; k must not exceed the last one. exclude_history:
@@ -91,6 +113,9 @@ class Engine:
         reference). new_items: "model" scores items added after training like any other (the trained model gives
         their unseen SID suffixes almost no mass); "backoff" also ranks each new item under the beam's prefixes
         of depth `backoff_depth` as an average item of its prefix (`backoff_candidates`; beam search only).
+        dense_weight: a model trained with the dense item-level score ranks the candidates by SID log-likelihood +
+        dense_weight * that score (None: the weight it was trained with; 0: by SID alone); with beam search the
+        candidates are the beam's items, with exact every item.
         Only real catalog items come out; users with fewer reachable items get -1 padding."""
         if new_items not in ("model", "backoff"):
             raise input_error("retrieve", "new_items", new_items, "expected 'model' or 'backoff'")
@@ -99,21 +124,24 @@ class Engine:
         histories = [torch.as_tensor(h, dtype=torch.int64).reshape(-1) for h in histories]
         self.check_histories(histories)
         bos_hidden, cache = self.prefill(histories)
+        bonus = self.dense_bonus(bos_hidden, dense_weight)
         seen = history_pairs(histories) if exclude_history else None
         if exact:
             # k leaves hold >= k items; each excluded history item can remove at most one leaf
             keep = k + (max(len(torch.unique(h)) for h in histories) if exclude_history else 0)
+            if bonus is not None:  # any leaf may win once the item-level score is added
+                keep = self.index.num_nodes(self.arch.num_levels)
             leaves, scores = exact_top_leaves(self.model, self.index, bos_hidden, cache, keep)
-            return rank_items(self.index, leaves, scores, k, seen)
+            return rank_items(self.index, leaves, scores, k, seen, bonus=bonus)
         ws = beam_widths(widths, self.arch.num_levels)
         if k > ws[-1]:
             raise input_error("retrieve", "k", k, f"larger than the final beam width {ws[-1]}")
         exclude = fully_seen_prefixes(self.index, self.paths, *seen) if seen is not None else None
         if new_items == "model" or not self.new_items.numel():
             leaves, scores = beam_search(self.model, self.index, bos_hidden, cache, ws, exclude)
-            return rank_items(self.index, leaves, scores, k, seen)
+            return rank_items(self.index, leaves, scores, k, seen, bonus=bonus)
         d = self.backoff_depth
         leaves, scores, prefixes, prefix_scores = beam_search(self.model, self.index, bos_hidden, cache, ws,
                                                               exclude, keep_depth=d)
         extra = backoff_candidates(self.paths, self.new_items, d, prefixes, prefix_scores)
-        return rank_items(self.index, leaves, scores, k, seen, extra, self.paths.nodes[-1])
+        return rank_items(self.index, leaves, scores, k, seen, extra, self.paths.nodes[-1], bonus)

@@ -26,6 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--new-items", choices=["model", "backoff"], default="model",
                    help="items added after training (sidgr tokenize --extend): scored by the model like any other, "
                         "or also ranked as an average item of their beam prefix (cold start; beam only)")
+    p.add_argument("--dense-weight", type=float, default=None,
+                   help="a model trained with ModelConfig.dense_weight: rank by SID log-likelihood + this * its "
+                        "item-level log-probability (default: the trained weight; 0: SID alone)")
     p.add_argument("--batch-size", type=int, default=64, help="users per batch")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--nproc", type=int, default=1,
@@ -66,7 +69,10 @@ def run(args) -> int:
         raise input_error("--k", "k", args.k, f"larger than the final beam width {widths[-1]}")
     if args.exact and args.new_items == "backoff":
         raise input_error("--new-items", "new_items", args.new_items, "backoff scoring needs beam search, not --exact")
-    params = RetrievalParams(args.k, widths, not args.include_history, args.exact, args.batch_size, args.new_items)
+    if args.dense_weight is not None:
+        engine.dense_bonus(torch.zeros(1, engine.arch.hidden_size), args.dense_weight)  # a bad weight: one line now
+    params = RetrievalParams(args.k, widths, not args.include_history, args.exact, args.batch_size, args.new_items,
+                             args.dense_weight)
     if args.nproc > 1 and not under_torchrun():  # arguments checked here: a bad one is one line, not a banner
         cmd = torchrun_argv(args.nproc, args.command_argv)
         sys.stdout.flush()

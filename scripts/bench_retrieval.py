@@ -145,7 +145,8 @@ def _packed_chunk(engine: Engine, hist, widths):
         is_item = torch.cat([pre.is_item, torch.zeros(B, W * d, dtype=torch.bool)], 1)
         item_codes = torch.cat([pre.item_codes, torch.zeros(B, W * d, H, dtype=torch.int64)], 1)
         batch = TokenBatch(tokens, is_bos, torch.ones(B, T, dtype=torch.bool), positions, None, None, None,
-                           masked.unsqueeze(1), is_item, item_codes, torch.zeros(B, T, dtype=torch.int64), None)
+                           masked.unsqueeze(1), is_item, item_codes, torch.zeros(B, T, dtype=torch.int64), None,
+                           None)
         hidden = model(batch)
         if d == 0:
             last = hidden[torch.arange(B), pre.valid.sum(1) - 1].unsqueeze(1)

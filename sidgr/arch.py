@@ -34,6 +34,10 @@ class ModelArch:
     history: str = "codes"  # one of HISTORY_MODES
     num_items: int = 0  # rows of the item-id table (history '+id')
     prefix_counts: tuple[int, ...] = ()  # rows of the prefix tables, prefix lengths 1..H (history 'prefixn')
+    # > 0: an item-level score beside the SID's: the BOS state's log-softmax over every catalog item's ITEM vector
+    # (tied to the history's ITEM tokens), weighted by this in the training loss and added, times this, to each
+    # candidate's SID log-likelihood by the engine (`dense_log_probs`)
+    dense_weight: float = 0.0
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
@@ -47,6 +51,9 @@ class ModelArch:
             raise ValueError(f"history={self.history!r} needs num_items (got {self.num_items})")
         if "prefixn" in self.item_parts and len(self.prefix_counts) != self.num_levels:
             raise ValueError(f"history={self.history!r} needs one prefix count per level (got {self.prefix_counts})")
+        if self.dense_weight < 0 or (self.dense_weight > 0 and not self.item_parts):
+            raise ValueError(f"dense_weight={self.dense_weight}: must be >= 0, and > 0 needs ITEM-token history "
+                             f"(the item vectors are the ITEM tokens'), not history={self.history!r}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"hidden_size={self.hidden_size} not divisible by num_attention_heads="
                              f"{self.num_attention_heads}")
@@ -62,6 +69,11 @@ class ModelArch:
     @property
     def needs_item_ids(self) -> bool:
         return needs_item_ids(self.history)
+
+    @property
+    def needs_pids(self) -> bool:
+        """Whether training batches need item ids: ITEM-token tables, or the item-level (dense) loss's labels."""
+        return self.needs_item_ids or self.dense_weight > 0
 
     @property
     def vocab_size(self) -> int:

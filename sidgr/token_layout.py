@@ -46,6 +46,7 @@ class TokenBatch:
     item_codes: torch.Tensor  # [B, S, H] an ITEM token's global code ids; 0 elsewhere
     item_pids: torch.Tensor  # [B, S] an ITEM token's item id (0 when not given or not an ITEM)
     history: torch.Tensor  # [B, S] bool: every later token may attend to this one
+    label_items: torch.Tensor  # [B, S] at a predicted item's BOS: that item's id (when pids are given); else IGNORE
 
     @property
     def loss_mask(self) -> torch.Tensor:
@@ -116,12 +117,16 @@ def build_layout(sids: torch.Tensor, code_present: torch.Tensor, bos_present: to
     item_pids = torch.zeros(B, S, dtype=torch.int64)
     if pids is not None:
         item_pids = compact(pids.to(torch.int64).clamp(min=0).unsqueeze(2) * slot_is_item, 0)
+    label_items = torch.full((B, S), IGNORE, dtype=torch.int64)
+    if pids is not None:
+        bos_label = torch.where(slot_loss[:, :, 0], pids.to(torch.int64), IGNORE)
+        label_items = compact(torch.cat([bos_label.unsqueeze(2), torch.full((B, L, H), IGNORE)], dim=2), IGNORE)
     hist = compact(slot_history, False)
     valid = torch.arange(S).unsqueeze(0) < lengths.unsqueeze(1)
     hist &= valid
     attention_mask = ~visible_keys(hist, is_bos, item_index, valid).unsqueeze(1)
     return TokenBatch(tokens, is_bos, valid, positions, item_index, labels, label_levels, attention_mask,
-                      is_item, item_codes, item_pids, hist)
+                      is_item, item_codes, item_pids, hist, label_items)
 
 
 def visible_keys(history: torch.Tensor, is_bos: torch.Tensor, item_index: torch.Tensor,

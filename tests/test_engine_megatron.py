@@ -1,7 +1,8 @@
 """Engine == Megatron: build the trainer's Megatron model at TP=1 and TP=2 (torchrun), save a checkpoint with the
 trainer's checkpoint code (Adam state included), export it without Megatron, and compare logits (fp32, <= 1e-5)
 on the same batch, for both head modes and both history modes (one torchrun per TP size builds all); and the engine's item scores are the
-trained model's likelihood: exact and beam scores equal minus the training loss path's cross-entropy."""
+trained model's likelihood: exact and beam scores equal minus the training loss path's cross-entropy (with the dense
+item-level score: SID log-likelihood + weight * item log-probability == minus the weighted training losses)."""
 import pytest
 import torch
 
@@ -43,11 +44,12 @@ def test_engine_logits_equal_megatron(tmp_path, tp):
     batch_catalog(sids).save(tmp_path / "sids")
     run_torchrun("tests/dist/engine_megatron_worker.py", tp, tp, tmp_path, timeout=300)
 
-    for head_mode, history in VARIANTS:
-        name = variant_name(head_mode, history)
+    for head_mode, history, dense_weight in VARIANTS:
+        name = variant_name(head_mode, history, dense_weight)
         export_checkpoint(tmp_path / name / "checkpoints" / "iter_0000001", tmp_path / f"engine_{name}")
         files = load_engine(tmp_path / f"engine_{name}")
-        assert (files.arch.head_mode, files.arch.history) == (head_mode, history)
+        assert (files.arch.head_mode, files.arch.history, files.arch.dense_weight) == (head_mode, history,
+                                                                                     dense_weight)
         model = Engine(files).model
         ref = torch.load(tmp_path / f"{name}.pt")
         check_scores_are_training_likelihood(tmp_path / f"engine_{name}", sids, lengths, ref)

@@ -150,3 +150,15 @@ def test_items_prefill_is_one_item_token_per_history_item_then_bos():
     assert tb.positions[0].tolist() == [3, 7, 11, 12]
     assert tb.history[0].tolist() == [True, True, True, False]
     assert (tb.labels == IGNORE).all()
+
+
+@pytest.mark.parametrize("history", ["codes", "prefixn+id"])
+def test_label_items_name_the_predicted_item_at_its_bos_only(history):
+    pids = torch.tensor([[11, 12, 13], [21, 22, -1]])
+    for mode, expect in (("last", [[13], [22]]), ("all", [[12, 13], [22]])):
+        tb = training_layout(SIDS, LENS, mode, OFFSETS, history, pids)
+        for row in range(2):
+            at = tb.label_items[row] != IGNORE
+            assert at.tolist() == (tb.is_bos[row] & tb.valid[row]).tolist(), (mode, row)
+            assert tb.label_items[row][at].tolist() == expect[row], (mode, row)
+    assert bool((training_layout(SIDS, LENS, "all", OFFSETS, history).label_items == IGNORE).all())  # no pids

@@ -57,6 +57,10 @@ class ModelConfig:
     # while the predicted item is still decoded code by code; the ITEM token sums its code rows ('rqsum') or its
     # prefix rows ('prefixn'), optionally plus an item-id row ('rqsum+id', 'prefixn+id': needs unique SIDs)
     history: Literal["codes", "rqsum", "prefixn", "rqsum+id", "prefixn+id"] = "codes"
+    # > 0 (ITEM-token history only): also train the BOS state to score the next item against every catalog item's
+    # ITEM vector (a full softmax over items, tied to the history's item vectors; LIGER-style), with this weight in
+    # the loss; the engine then ranks candidates by SID log-likelihood + this * the item-level log-probability
+    dense_weight: float = 0.0
     codebook_sizes: tuple = ()  # () = take them from the SID mapping; else must match it
     dropout: float = 0.1  # embedding, attention and hidden dropout
     layernorm_epsilon: float = 1e-5
@@ -100,7 +104,8 @@ def model_arch(model: ModelConfig, codebook_sizes, max_items: int, mapping=None)
     return ModelArch(codebook_sizes=tuple(codebook_sizes), hidden_size=model.hidden_size,
                      num_layers=model.num_layers, num_attention_heads=model.num_attention_heads,
                      ffn_hidden_size=model.ffn_hidden_size, max_items=max_items, head_mode=model.head_mode,
-                     layernorm_epsilon=model.layernorm_epsilon, history=model.history, **tables)
+                     layernorm_epsilon=model.layernorm_epsilon, history=model.history,
+                     dense_weight=model.dense_weight, **tables)
 
 
 def check_parallel_layout(model: ModelConfig, parallel: ParallelConfig, global_batch_size: int, nproc: int,

@@ -8,17 +8,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from megatron.core import parallel_state as ps
 from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
-from sidgr.token_layout import TokenBatch
+from sidgr.token_layout import IGNORE, TokenBatch
 from sidgr.training.dist import all_reduce_dp
 
 
 @dataclass
 class TokenLosses:
-    losses: torch.Tensor  # [n] fp32 per loss token, in row-major (b, s) order of batch.loss_mask
-    levels: torch.Tensor  # [n] level of each label
+    # [n] fp32 per loss token, in row-major (b, s) order of batch.loss_mask; then, with a dense item-level
+    # score, one weighted item CE per predicted item (level -1)
+    losses: torch.Tensor
+    levels: torch.Tensor  # [n] level of each label (-1: the dense item-level term)
     rows: torch.Tensor  # [n] batch row of each loss token
     cols: torch.Tensor  # [n] sequence position of each loss token
 
@@ -43,7 +46,19 @@ def token_losses(model, hidden: torch.Tensor, batch: TokenBatch) -> TokenLosses:
             if idx.numel():
                 ce = vocab_parallel_cross_entropy(model.head_logits(h, h_sel[idx]), labels[idx] - offset)
                 losses = losses.index_put((idx,), ce)
-    return TokenLosses(losses, levels, rows, cols)
+    tl = TokenLosses(losses, levels, rows, cols)
+    return with_dense_losses(tl, model, hidden, batch) if arch.dense_weight > 0 else tl
+
+
+def with_dense_losses(tl: TokenLosses, model, hidden: torch.Tensor, batch: TokenBatch) -> TokenLosses:
+    """Append dense_weight * CE of each predicted item under the BOS state's softmax over every catalog item.
+    Its terms share the code tokens' normaliser (the global count of code labels), so the weight is relative to
+    one code token's CE."""
+    rows, cols = (batch.label_items != IGNORE).nonzero(as_tuple=True)
+    ce = F.cross_entropy(model.item_logits(hidden[cols, rows]), batch.label_items[rows, cols], reduction="none")
+    return TokenLosses(torch.cat([tl.losses, model.arch.dense_weight * ce]),
+                       torch.cat([tl.levels, torch.full_like(rows, -1)]),
+                       torch.cat([tl.rows, rows]), torch.cat([tl.cols, cols]))
 
 
 def level_masked_logits(logits: torch.Tensor, levels: torch.Tensor, level_offsets, codebook_sizes,

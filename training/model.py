@@ -83,7 +83,7 @@ class SIDEmbedding(MegatronModule):
     length (`prefixes.{h}`, indexed by the prefix's trie node: 'prefixn'), an item-id row (`items`: '+id')."""
 
     def __init__(self, config: TransformerConfig, arch: ModelArch, vocab_padded: int,
-                 prefix_nodes: torch.Tensor | None, pad_multiple: int):
+                 prefix_nodes: torch.Tensor | None, pad_multiple: int, catalog_codes: torch.Tensor | None = None):
         super().__init__(config)
         tp, hidden = config.tensor_model_parallel_size, arch.hidden_size
         self.parts = arch.item_parts
@@ -97,6 +97,12 @@ class SIDEmbedding(MegatronModule):
             self.prefixes = PrefixTables(config, [padded_size(n, pad_multiple, tp) for n in arch.prefix_counts],
                                          hidden)
             self.register_buffer("item_prefixes", prefix_nodes.t().contiguous(), persistent=False)
+        if arch.dense_weight > 0:
+            if catalog_codes is None:
+                raise ValueError("dense_weight > 0 needs the catalog's codes (catalog_codes [H, N])")
+            offsets = torch.tensor(arch.level_offsets, dtype=torch.int64).unsqueeze(1)
+            self.register_buffer("catalog_codes", (catalog_codes.to(torch.int64) + offsets).t().contiguous(),
+                                 persistent=False)
         self.bos = torch.nn.Parameter(torch.empty(arch.hidden_size, dtype=config.params_dtype))
         self.positions = torch.nn.Embedding(arch.max_positions, arch.hidden_size, dtype=config.params_dtype)
         with torch.no_grad():
@@ -114,6 +120,11 @@ class SIDEmbedding(MegatronModule):
         if "id" in self.parts:
             x = x + self.items(item_pids)
         return x
+
+    def catalog_vectors(self) -> torch.Tensor:
+        """Every catalog item's ITEM vector [N, hidden] (the dense item-level score's item side)."""
+        pids = torch.arange(self.catalog_codes.shape[0], device=self.catalog_codes.device)
+        return self.item_vectors(self.catalog_codes, pids)
 
     def forward(self, tokens, is_bos, positions, is_item, item_codes, item_pids) -> torch.Tensor:
         """[B, S] -> [S, B, hidden] (Megatron's sequence-first layout)."""
@@ -147,14 +158,15 @@ class SIDGRModel(MegatronModule):
     same math without Megatron."""
 
     def __init__(self, config: TransformerConfig, arch: ModelArch, vocab_pad_multiple: int = 8,
-                 prefix_nodes: torch.Tensor | None = None):
+                 prefix_nodes: torch.Tensor | None = None, catalog_codes: torch.Tensor | None = None):
         super().__init__(config)
         self.arch = arch
         tp = config.tensor_model_parallel_size
         self.vocab_padded = padded_size(arch.vocab_size, vocab_pad_multiple, tp)
         real = [arch.vocab_size] if arch.head_mode == "shared" else list(arch.codebook_sizes)
         self.head_sizes = real  # real (unpadded) output size of each head
-        self.embedding = SIDEmbedding(config, arch, self.vocab_padded, prefix_nodes, vocab_pad_multiple)
+        self.embedding = SIDEmbedding(config, arch, self.vocab_padded, prefix_nodes, vocab_pad_multiple,
+                                      catalog_codes)
         self.decoder = TransformerBlock(config, layer_spec(), post_layer_norm=True)
         self.heads = OutputHeads(config, arch, [padded_size(n, vocab_pad_multiple, tp) for n in real])
 
@@ -169,6 +181,11 @@ class SIDGRModel(MegatronModule):
     def head_logits(self, h: int, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [n, hidden] -> this rank's vocab slice of head h's logits [n, V_h_padded / TP], padding masked."""
         return vocab_slice_logits(self.heads.head(h), hidden, self.head_sizes[h])
+
+    def item_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [n, hidden] (BOS states) -> fp32 logits over every catalog item [n, N], the same on every TP rank
+        (the ITEM vectors are all-reduced over the vocab-parallel tables)."""
+        return hidden.float() @ self.embedding.catalog_vectors().float().t()
 
 
 def vocab_slice_logits(head: tensor_parallel.ColumnParallelLinear, hidden: torch.Tensor,
@@ -186,10 +203,11 @@ def vocab_slice_logits(head: tensor_parallel.ColumnParallelLinear, hidden: torch
 
 
 def build_model(model_cfg: ModelConfig, arch: ModelArch, tp: int, device: torch.device,
-                prefix_nodes: torch.Tensor | None = None) -> SIDGRModel:
-    """prefix_nodes [H, N]: the catalog's prefix node ids (`PrefixIndex.prefix_nodes`), for history 'prefixn'."""
+                prefix_nodes: torch.Tensor | None = None, catalog_codes: torch.Tensor | None = None) -> SIDGRModel:
+    """prefix_nodes [H, N]: the catalog's prefix node ids (`PrefixIndex.prefix_nodes`), for history 'prefixn';
+    catalog_codes [H, N]: every item's codes, for the dense item-level score (`arch.dense_weight` > 0)."""
     config = transformer_config(model_cfg, arch, tp)
-    model = SIDGRModel(config, arch, model_cfg.vocab_pad_multiple, prefix_nodes)
+    model = SIDGRModel(config, arch, model_cfg.vocab_pad_multiple, prefix_nodes, catalog_codes)
     return in_training_precision(model, config).to(device)
 
 

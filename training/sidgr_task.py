@@ -11,14 +11,14 @@ from sidgr.training.loss import token_losses
 def layout_for(batch, loss_mode: str, arch: ModelArch, device, catalog=None) -> TokenBatch:
     """A loader `Batch` -> the decoder's TokenBatch on `device` (`catalog`, an ItemCatalog, gives the item ids
     that ITEM tokens with id or prefix tables need)."""
-    pids = catalog.sids_to_pids(batch.sids, batch.lengths) if arch.needs_item_ids else None
+    pids = catalog.sids_to_pids(batch.sids, batch.lengths) if arch.needs_pids else None
     tb = training_layout(batch.sids, batch.lengths, loss_mode, arch.level_offsets, arch.history, pids)
     if tb.tokens.shape[1] == 0:  # a DP rank whose rows are all padding still joins the collectives
         B = tb.tokens.shape[0]
         z = torch.zeros(B, 1, dtype=torch.int64)
         tb = TokenBatch(z, z.bool(), z.bool(), z, z - 1, z + IGNORE, z + IGNORE,
                         torch.zeros(B, 1, 1, 1, dtype=torch.bool), z.bool(),
-                        torch.zeros(B, 1, arch.num_levels, dtype=torch.int64), z, z.bool())
+                        torch.zeros(B, 1, arch.num_levels, dtype=torch.int64), z, z.bool(), z + IGNORE)
     return tb.to(device)
 
 
@@ -34,7 +34,8 @@ def validation_loss(ddp, model, loader, arch: ModelArch, device, max_batches: in
         if max_batches and i >= max_batches:
             break
         tb = layout_for(batch, "last", arch, device, catalog)
-        losses = token_losses(model, ddp(*tb.model_inputs()), tb).losses
+        tl = token_losses(model, ddp(*tb.model_inputs()), tb)
+        losses = tl.losses[tl.levels >= 0]  # the code tokens' CE (not the dense item-level term)
         total += torch.stack([losses.double().sum(), torch.tensor(float(losses.numel()), device=device,
                                                                   dtype=torch.float64)])
     ddp.train()
@@ -53,7 +54,7 @@ class SIDGRTask:
 
     def arch(self, arch: ModelArch) -> ModelArch:
         self.arch_ = arch
-        if arch.needs_item_ids:
+        if arch.needs_pids:
             from sidgr.training.item_model import ItemCatalog
             self.catalog = ItemCatalog.from_mapping(self.mapping)
         return arch
@@ -61,7 +62,8 @@ class SIDGRTask:
     def build(self, model_cfg, arch: ModelArch, tp: int, device):
         from sidgr.training.model import build_model
         nodes = self.catalog.prefix_nodes if "prefixn" in arch.item_parts else None
-        return build_model(model_cfg, arch, tp, device, nodes)
+        codes = self.catalog.codes if arch.dense_weight > 0 else None
+        return build_model(model_cfg, arch, tp, device, nodes, codes)
 
     def batch(self, batch, loss_mode: str, device) -> TokenBatch:
         return layout_for(batch, loss_mode, self.arch_, device, self.catalog)

@@ -1,6 +1,6 @@
 """Builds the trainer's Megatron model at TP=N, saves a checkpoint with the trainer's checkpoint code (Adam state
 included) and writes the model's full hidden states and logits, and the training loss path's token losses of each
-row's last item, for both head modes and both history modes; for tests/test_engine_megatron.py.
+row's last item, for both head modes, both history modes and the dense item-level score; for tests/test_engine_megatron.py.
 
 Usage: torchrun --standalone --nproc_per_node=TP tests/dist/engine_megatron_worker.py TP OUT_DIR
        (OUT_DIR must already hold sids.json; writes OUT_DIR/<variant>/checkpoints/... and OUT_DIR/<variant>.pt,
@@ -12,8 +12,9 @@ from pathlib import Path
 import torch
 
 SIZES = (6, 5, 7)  # vocab 18: padded to 24 by the trainer (pad multiple 8), stripped by export
-VARIANTS = (("shared", "codes"), ("per_level", "codes"), ("shared", "rqsum"), ("per_level", "prefixn+id"))
-# (head_mode, history); the catalog is the batch itself: item b * L + l is row b's item l (SIDs unique)
+VARIANTS = (("shared", "codes", 0.0), ("per_level", "codes", 0.0), ("shared", "rqsum", 0.0),
+            ("per_level", "prefixn+id", 0.0), ("shared", "prefixn+id", 0.7))
+# (head_mode, history, dense_weight); the catalog is the batch itself: item b * L + l is row b's item l (SIDs unique)
 
 
 def make_batch(seed=0):
@@ -34,17 +35,17 @@ def worker(tp: int, out_dir: str) -> None:
 
     info = init_distributed(tp)
     try:
-        for head_mode, history in VARIANTS:
-            build_save_forward(tp, head_mode, history, Path(out_dir), info)
+        for variant in VARIANTS:
+            build_save_forward(tp, *variant, Path(out_dir), info)
     finally:
         teardown()
 
 
-def variant_name(head_mode: str, history: str) -> str:
-    return f"{head_mode}_{history}"
+def variant_name(head_mode: str, history: str, dense_weight: float) -> str:
+    return f"{head_mode}_{history}" + (f"_dense{dense_weight}" if dense_weight else "")
 
 
-def build_save_forward(tp: int, head_mode: str, history: str, out: Path, info) -> None:
+def build_save_forward(tp: int, head_mode: str, history: str, dense_weight: float, out: Path, info) -> None:
     """Build, perturb, save a checkpoint; rank 0 writes the Megatron model's full hidden states and logits."""
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
@@ -61,11 +62,12 @@ def build_save_forward(tp: int, head_mode: str, history: str, out: Path, info) -
 
     seed_everything(7)
     mcfg = ModelConfig(hidden_size=32, num_layers=2, num_attention_heads=4, ffn_hidden_size=64,
-                       head_mode=head_mode, history=history, dropout=0.0, init_method_std=0.2)
+                       head_mode=head_mode, history=history, dropout=0.0, init_method_std=0.2,
+                       dense_weight=dense_weight)
     mapping = SIDMapping.load(out / "sids.json")
     arch = model_arch(mcfg, SIZES, max_items=5, mapping=mapping)
     nodes = PrefixIndex.build(mapping).prefix_nodes(mapping.codes) if "prefixn" in arch.item_parts else None
-    model = build_model(mcfg, arch, tp, info.device, nodes)
+    model = build_model(mcfg, arch, tp, info.device, nodes, mapping.codes if dense_weight else None)
     with torch.no_grad():  # non-trivial biases and LayerNorms; same noise on every rank for a given param
         for i, (_, p) in enumerate(sorted(model.named_parameters())):
             p.add_(0.2 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1000 + i)))
@@ -73,7 +75,7 @@ def build_save_forward(tp: int, head_mode: str, history: str, out: Path, info) -
     ddp = wrap_ddp(model, ocfg, ParallelConfig(tensor_parallel=tp))
     optimizer = build_optimizer(ddp, ocfg)
     scheduler = build_scheduler(optimizer, ocfg, 1)
-    name = variant_name(head_mode, history)
+    name = variant_name(head_mode, history, dense_weight)
     save_checkpoint(out / name, 1, model, optimizer, scheduler, {}, arch, "", str(out / "sids.json"), 1)
 
     sids, lengths = make_batch()
@@ -88,7 +90,8 @@ def build_save_forward(tp: int, head_mode: str, history: str, out: Path, info) -
             parts = [torch.empty_like(local) for _ in range(tp)]
             dist.all_gather(parts, local, group=ps.get_tensor_model_parallel_group())
             heads.append(torch.cat(parts, dim=-1)[:, :size])
-        tl = token_losses(model, hidden.transpose(0, 1), tb)  # 'last' layout: the codes of each row's last item
+        # 'last' layout: the codes of each row's last item (and its dense item-level term)
+        tl = token_losses(model, hidden.transpose(0, 1), tb)
         last_item_nll = torch.zeros(sids.shape[0]).index_add_(0, tl.rows, tl.losses)
     if info.is_rank0:
         torch.save({"hidden": hidden.contiguous(), "heads": heads, "last_item_nll": last_item_nll},
