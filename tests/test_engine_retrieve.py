@@ -98,6 +98,7 @@ def write_seq(tmp_path, hist, name="bad.parquet"):
     ("k", ["--beam-widths", "4,16,6"], "k=7: larger than the final beam width 6"),
     ("levels", ["--beam-widths", "4,16"], "need one width per level"),
     ("engine", [], "mapping codebook_sizes=[8, 6, 9]"),
+    ("dense", ["--dense-weight", "1"], "dense_weight=1.0: the engine's model was trained without the dense"),
 ])
 def test_bad_input_is_one_line_error_without_output(setup, capsys, case, extra, message):
     tmp_path, hist = setup
@@ -191,3 +192,36 @@ def test_kill9_mid_way_then_rerun_equals_uninterrupted_run(setup):
     assert retrieve(tmp_path, "killed.parquet", seq="many.parquet") == 0
     assert (tmp_path / "killed.parquet").read_bytes() == (tmp_path / "whole.parquet").read_bytes()
     assert not parts.exists()
+
+
+def test_dense_score_is_added_to_each_candidates_sid_likelihood(tmp_path):
+    """A model trained with the dense item-level score: each candidate's score is its SID log-likelihood +
+    weight * log-softmax of the BOS state over every item's ITEM vector; beam and exact agree; weight 0 is the SID
+    ranking; the history stays excluded."""
+    arch = ModelArch(codebook_sizes=SIZES, hidden_size=32, num_layers=2, num_attention_heads=4, ffn_hidden_size=64,
+                     max_items=10, history="rqsum", dense_weight=0.5)
+    mapping = random_mapping(N_ITEMS, list(SIZES), 3)
+    save_engine(tmp_path / "engine", arch, random_state_dict(arch, 3), mapping)
+    engine = Engine.load(tmp_path / "engine")
+    g = torch.Generator().manual_seed(1)
+    hist = [torch.randint(N_ITEMS, (int(n),), generator=g) for n in torch.randint(1, 9, (6,), generator=g)]
+    sid = engine.retrieve(hist, N_ITEMS, 1, exact=True, dense_weight=0.0)
+    bos, _ = engine.prefill(hist)
+    codes = mapping.codes.t() + torch.tensor(arch.level_offsets)
+    table = engine.model.embedding.codes.weight[codes].sum(1)  # 'rqsum' ITEM vectors
+    dense = (bos @ table.t()).log_softmax(-1)
+    for w in (0.5, 3.0):
+        beam = engine.retrieve(hist, 20, [8, 48, 100], exclude_history=True, dense_weight=w)
+        exact = engine.retrieve(hist, 20, 1, exclude_history=True, exact=True, dense_weight=w)
+        assert torch.equal(beam.items, exact.items) and torch.allclose(beam.scores, exact.scores, atol=1e-5)
+        for b, h in enumerate(hist):
+            row_sid = dict(zip(sid.items[b].tolist(), sid.scores[b].tolist()))
+            want = torch.tensor([row_sid[i] + w * float(dense[b, i]) for i in beam.items[b].tolist()])
+            assert torch.allclose(beam.scores[b], want, atol=1e-4)
+            assert bool((beam.scores[b][:-1] >= beam.scores[b][1:]).all()) and not set(h.tolist()) & set(
+                beam.items[b].tolist())
+        assert not torch.equal(beam.items, engine.retrieve(hist, 20, [8, 48, 100], exclude_history=True,
+                                                           dense_weight=0.0).items)
+    default = engine.retrieve(hist, 20, [8, 48, 100], exclude_history=True)  # the trained weight, 0.5
+    assert torch.equal(default.items, engine.retrieve(hist, 20, [8, 48, 100], exclude_history=True,
+                                                      dense_weight=0.5).items)

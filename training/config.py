@@ -121,6 +121,9 @@ def check_parallel_layout(model: ModelConfig, parallel: ParallelConfig, global_b
          f"not divisible by ParallelConfig.tensor_parallel={tp}"),
         (model.ffn_hidden_size % tp == 0, "ModelConfig.ffn_hidden_size", model.ffn_hidden_size,
          f"not divisible by ParallelConfig.tensor_parallel={tp}"),
+        (model.dense_weight >= 0, "ModelConfig.dense_weight", model.dense_weight, "must be >= 0"),
+        (model.kind == "item" or model.dense_weight == 0 or model.history != "codes", "ModelConfig.dense_weight",
+         model.dense_weight, "needs ITEM-token history (ModelConfig.history other than 'codes')"),
     ]
     for ok, name, value, why in checks:
         if not ok:
