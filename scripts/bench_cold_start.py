@@ -91,9 +91,11 @@ def main(argv=None) -> int:
                                  "--out", grown_sids, "--no-progress"))
     # SID-GR on the warm catalog, checkpoint selected on valid (warm targets only), served on both catalogs
     gr = out / "sidgr"
+    # code-token history: a grown catalog cannot be served by item-id or prefix tables sized for the warm items
     run("train_sidgr", sidgr("train", "--nproc", args.nproc, "--config", "configs/ml100k.gin",
                              *train_overrides(plan, gr, warm_sids / "sids.json"), "TrainerConfig.select_best=True",
-                             f"TrainerConfig.select_beam_width={args.beam_width}"))
+                             f"TrainerConfig.select_beam_width={args.beam_width}", 'ModelConfig.history="codes"',
+                             "ModelConfig.dense_weight=0.0", 'DataConfig.windows="recent"'))
     cands = {}
     for name, mapping in (("sidgr_extended", grown_sids / "sids.json"), ("sidgr_warm_only", None)):
         engine = out / name / "engine"

@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ROWS = ["popularity", "sasrec_ce", "sid_input", "sid-gr (rqkmeans)", "sid-gr (balanced)", "sid-gr (rqvae)"]
+ROWS = ["popularity", "sasrec_ce", "sid_input", "sid-gr (balanced)", "sid-gr (collab)", "sid-gr (fused)"]
 CELL = re.compile(r"^0\.\d{4} \[0\.\d{4}, 0\.\d{4}\]$")
 RUN_DIRS = {"popularity": "popularity", "sasrec_ce": "sasrec_ce", "sid_input": "sid_input",
-            "sid-gr (rqkmeans)": "sidgr_rqkmeans", "sid-gr (balanced)": "sidgr_balanced", "sid-gr (rqvae)": "sidgr_rqvae"}
+            "sid-gr (balanced)": "sidgr_balanced", "sid-gr (collab)": "sidgr_collab", "sid-gr (fused)": "sidgr_fused"}
 K = 50  # the demo's list length
 # Quick run (20 steps, k=50, 943 test users, W=256 in the sweep): 1.000 of the users got the exact top-10 from the
 # beam. (At W=64 the 20-step model, nearly flat per level, gives 0.844; the pre-fix beam on the same engine 0.749.)

@@ -127,7 +127,7 @@ def test_wrong_value_types_are_one_line_errors_before_anything_starts(tmp_path, 
     (2, ["ParallelConfig.tensor_parallel=4"], "ParallelConfig.tensor_parallel=4: must divide the number of processes"),
     (2, ["DataConfig.global_batch_size=7"],
      "DataConfig.global_batch_size=7: not divisible by the data-parallel size 2"),
-    (1, ["ModelConfig.dense_weight=1.0"],
+    (1, ["ModelConfig.dense_weight=1.0", 'ModelConfig.history="codes"'],
      "ModelConfig.dense_weight=1.0: needs ITEM-token history (ModelConfig.history other than 'codes')"),
     (1, ["ModelConfig.dense_weight=-1.0", 'ModelConfig.history="rqsum"'], "ModelConfig.dense_weight=-1.0: must be >= 0"),
 ])

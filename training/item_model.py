@@ -81,8 +81,9 @@ def item_arch(arch: ModelArch, catalog: ItemCatalog, item_input: str) -> ModelAr
 
     if item_input not in ITEM_INPUTS:
         raise ValueError(f"item_input={item_input!r}: expected one of {ITEM_INPUTS}")
-    # ModelConfig.history is SID-GR's: an item model's input is item_input (configs may share one ModelConfig)
-    return replace(arch, history="codes", num_items=0, prefix_counts=(),
+    # ModelConfig.history and dense_weight are SID-GR's: an item model's input is item_input, its output a full
+    # softmax (configs may share one ModelConfig)
+    return replace(arch, history="codes", num_items=0, prefix_counts=(), dense_weight=0.0,
                    extra={"kind": "item", "item_input": item_input, "num_items": catalog.num_items,
                           "prefix_counts": list(catalog.prefix_counts)})
 

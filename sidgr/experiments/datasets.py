@@ -27,9 +27,8 @@ class DatasetSpec:
 
 DATASETS = {
     "ml100k": DatasetSpec(
-        "ml100k", False,
-        text_sids={"rqkmeans": ["--method", "rqkmeans", "--codebook-sizes", "64,64,64"], "balanced": BALANCED_64,
-                   "rqvae": ["--method", "rqvae", "--codebook-sizes", "64,64,64"]}),
+        "ml100k", False, text_sids={"balanced": BALANCED_64},
+        collab_sids={"collab": ["--table", "items"], "fused": ["--table", "items", "--fuse-text", "0.3"]}),
     "beauty": DatasetSpec(
         "beauty", True, text_sids={"text": BALANCED_64},
         collab_sids={"collab": ["--table", "items"], "fused": ["--table", "items", "--fuse-text", "0.3"]},
