@@ -43,18 +43,20 @@ class Engine:
         with torch.no_grad():
             return self.model.embedding.item_vectors(codes, torch.arange(self.mapping.num_items))
 
-    def dense_bonus(self, bos_hidden: torch.Tensor, weight: float | None) -> torch.Tensor | None:
-        """weight * log-softmax of the BOS states over every item's ITEM vector [B, N] (None when weight is 0).
-        weight None: the arch's `dense_weight` (the one the model was trained with)."""
+    def dense_weight(self, weight: float | None) -> float:
+        """The weight of the dense item-level score in the ranking: `weight`, or (None) the trained one."""
         weight = self.arch.dense_weight if weight is None else float(weight)
-        if weight == 0:
-            return None
-        if self.item_table is None:
-            raise input_error("retrieve", "dense_weight", weight, "the engine's model was trained without the dense "
-                                                                  "item-level score (ModelConfig.dense_weight = 0)")
         if weight < 0:
             raise input_error("retrieve", "dense_weight", weight, "must be >= 0")
-        return (bos_hidden @ self.item_table.t()).log_softmax(-1).mul_(weight)
+        if weight > 0 and self.item_table is None:
+            raise input_error("retrieve", "dense_weight", weight, "the engine's model was trained without the dense "
+                                                                  "item-level score (ModelConfig.dense_weight = 0)")
+        return weight
+
+    def dense_bonus(self, bos_hidden: torch.Tensor, weight: float | None) -> torch.Tensor | None:
+        """weight * log-softmax of the BOS states over every item's ITEM vector [B, N]; None when the weight is 0."""
+        weight = self.dense_weight(weight)
+        return (bos_hidden @ self.item_table.t()).log_softmax(-1).mul_(weight) if weight else None
 
     @classmethod
     def load(cls, engine_dir: str | os.PathLike) -> "Engine":

@@ -69,8 +69,7 @@ def run(args) -> int:
         raise input_error("--k", "k", args.k, f"larger than the final beam width {widths[-1]}")
     if args.exact and args.new_items == "backoff":
         raise input_error("--new-items", "new_items", args.new_items, "backoff scoring needs beam search, not --exact")
-    if args.dense_weight is not None:
-        engine.dense_bonus(torch.zeros(1, engine.arch.hidden_size), args.dense_weight)  # a bad weight: one line now
+    engine.dense_weight(args.dense_weight)  # a bad weight: one line now, before any decoding
     params = RetrievalParams(args.k, widths, not args.include_history, args.exact, args.batch_size, args.new_items,
                              args.dense_weight)
     if args.nproc > 1 and not under_torchrun():  # arguments checked here: a bad one is one line, not a banner

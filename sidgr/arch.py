@@ -36,7 +36,7 @@ class ModelArch:
     prefix_counts: tuple[int, ...] = ()  # rows of the prefix tables, prefix lengths 1..H (history 'prefixn')
     # > 0: an item-level score beside the SID's: the BOS state's log-softmax over every catalog item's ITEM vector
     # (tied to the history's ITEM tokens), weighted by this in the training loss and added, times this, to each
-    # candidate's SID log-likelihood by the engine (`dense_log_probs`)
+    # candidate's SID log-likelihood by the engine (`Engine.dense_bonus`)
     dense_weight: float = 0.0
     extra: dict = field(default_factory=dict, compare=False)
 
