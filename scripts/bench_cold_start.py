@@ -91,11 +91,12 @@ def main(argv=None) -> int:
                                  "--out", grown_sids, "--no-progress"))
     # SID-GR on the warm catalog, checkpoint selected on valid (warm targets only), served on both catalogs
     gr = out / "sidgr"
-    # code-token history: a grown catalog cannot be served by item-id or prefix tables sized for the warm items
+    # history items as the sum of their code embeddings ('rqsum'): a grown catalog cannot be served by item-id or
+    # prefix tables sized for the warm items, but every new item's ITEM vector (and so its dense score) comes
+    # from its codes
     run("train_sidgr", sidgr("train", "--nproc", args.nproc, "--config", "configs/ml100k.gin",
                              *train_overrides(plan, gr, warm_sids / "sids.json"), "TrainerConfig.select_best=True",
-                             f"TrainerConfig.select_beam_width={args.beam_width}", 'ModelConfig.history="codes"',
-                             "ModelConfig.dense_weight=0.0", 'DataConfig.windows="recent"'))
+                             f"TrainerConfig.select_beam_width={args.beam_width}", 'ModelConfig.history="rqsum"'))
     cands = {}
     for name, mapping in (("sidgr_extended", grown_sids / "sids.json"), ("sidgr_warm_only", None)):
         engine = out / name / "engine"
