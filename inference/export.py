@@ -59,11 +59,10 @@ def read_mapping(ckpt: Path) -> SIDMapping:
 def grown_mapping(path: Path, arch: ModelArch, trained: SIDMapping) -> SIDMapping:
     """The mapping to serve instead of the trained one: it must keep every trained item's SID."""
     grown = SIDMapping.load(path)
-    n = trained.num_items
-    if (grown.num_levels != trained.num_levels or grown.num_items < n
-            or not bool((grown.codes[:, :n] == trained.codes).all())):
-        raise input_error(path, "--mapping", str(path), f"does not keep the SIDs of the {n} items the model was "
-                                                        "trained with (extend it with `sidgr tokenize --extend`)")
+    if not grown.extends(trained):
+        raise input_error(path, "--mapping", str(path), f"does not keep the SIDs of the {trained.num_items} items "
+                                                        "the model was trained with (extend it with `sidgr "
+                                                        "tokenize --extend`)")
     if arch.needs_item_ids and grown.num_items != arch.num_items:
         raise input_error(path, "--mapping", str(path), f"history {arch.history!r} has item-id/prefix tables of "
                                                         f"the {arch.num_items} trained items: it cannot serve a "

@@ -1,14 +1,18 @@
 """Cold-start benchmark: new items are recommended without retraining (SID-GR through `tokenize --extend`).
 
     python scripts/bench_cold_start.py --data artifacts/ml100k --out runs/cold_start
+    python scripts/bench_cold_start.py --dataset beauty --data artifacts/beauty --out runs/cold_start_beauty
 
-The newest items (by first interaction, `--cold-fraction` of the catalog) leave the training data
-(`sidgr.experiments.cold_start`). SID-GR trains on the warm catalog's text SIDs; the cold items then get SIDs from
-the saved tokenizer (`sidgr tokenize --extend`) and the same weights serve the grown catalog (`sidgr export
---mapping`). SASRec-CE trains with the whole catalog's id table (cold rows never see a gradient) and popularity
-counts the training data: neither has a way to reach a new item. SID-GR retrieves twice on the grown catalog: new
-items scored by the model like any item, and with `--new-items backoff` (each new item also ranked as the average
-item of its beam prefix). Every model retrieves 50 items for every test user
+`--cold-fraction` of the catalog leaves the training data (`sidgr.experiments.cold_start`): the newest items (by
+first interaction), or a seeded random sample where timestamps are not times (Beauty's are list positions). SID-GR
+trains on the warm catalog's text SIDs, its history items as the sum of their code embeddings ('rqsum') and with
+the dense item-level score, so every item's score comes from its codes; the cold items then get SIDs from the saved
+tokenizer (`sidgr tokenize --extend`) and the same weights serve the grown catalog (`sidgr export --mapping`).
+SID-input (rqsum input, output tied to the input vectors: no per-item parameter) scores the grown catalog the
+same way (`sidgr score-items --mapping`). SASRec-CE trains with the whole catalog's id table (cold rows never see
+a gradient) and popularity counts the training data: neither has a way to reach a new item. SID-GR retrieves
+twice on the grown catalog: new items scored by the model like any item, and with `--new-items backoff` (each new
+item also ranked as the average item of its beam prefix). Every model retrieves 50 items for every test user
 (history excluded); Recall@10/50 on the users whose test target is a cold item, on the others, and on all, with
 95% CIs and paired differences, and the share of retrieved slots that go to cold items. SID-GR without the
 extension (the warm catalog only) is the control for the warm users. Writes OUT/cold_start.md and .json.
@@ -25,6 +29,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from sidgr.experiments.cold_start import write_cold_start_data
+from sidgr.experiments.datasets import DATASETS
 from sidgr.experiments.pipeline import Plan, Runner, sidgr, train_overrides
 from sidgr.report import load_report, paired_difference
 
@@ -35,11 +40,14 @@ SUBSETS = ("cold", "warm", "all")
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="ml100k", help="picks the configs and tokenizer")
     p.add_argument("--data", required=True, help="a prepared dataset (sidgr prepare / scripts/demo.py --data)")
     p.add_argument("--out", required=True)
     p.add_argument("--cold-fraction", type=float, default=0.075)
-    p.add_argument("--method", default="balanced", help="tokenizer for SID-GR's text SIDs")
-    p.add_argument("--steps", type=int, default=None, help="SID-GR steps (default: configs/ml100k.gin's)")
+    p.add_argument("--cold-by", choices=["newest", "random"], default=None,
+                   help="which items go cold (default: newest where timestamps are times, else random)")
+    p.add_argument("--seed", type=int, default=0, help="the random cold sample's seed")
+    p.add_argument("--steps", type=int, default=None, help="training steps of every model (default: each config's)")
     p.add_argument("--beam-width", type=int, default=256)
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--bootstrap", type=int, default=1000)
@@ -80,12 +88,15 @@ def main(argv=None) -> int:
     out, src = Path(args.out), Path(args.data)
     data = out / "data"
     t0 = time.perf_counter()
-    split = write_cold_start_data(src, data, args.cold_fraction)
+    spec = DATASETS[args.dataset]
+    cold_by = args.cold_by or ("newest" if spec.timed else "random")
+    split = write_cold_start_data(src, data, args.cold_fraction, cold_by, args.seed)
     plan = Plan(out=out, data=data, quick=False, nproc=args.nproc, steps=args.steps,
-                eval_interval=max((args.steps or 400) // 4, 1) if args.steps else None, beam_width=args.beam_width)
-    run = Runner(plan, 2 + 6 + 2 + 2 + 5 * len(SUBSETS))
+                eval_interval=max((args.steps or 400) // 4, 1) if args.steps else None, beam_width=args.beam_width,
+                dataset=spec)
+    run = Runner(plan, 2 + 6 + 2 + 2 + 2 + 6 * len(SUBSETS))
     warm_sids, grown_sids = data / "sids_warm", data / "sids_grown"
-    run("tokenize_warm", sidgr("tokenize", "--items", data / "items_warm.parquet", "--method", args.method,
+    run("tokenize_warm", sidgr("tokenize", "--items", data / "items_warm.parquet", *spec.text_sids[spec.primary],
                                "--out", warm_sids, "--no-progress"))
     run("tokenize_extend", sidgr("tokenize", "--extend", warm_sids, "--items", data / "items_cold.parquet",
                                  "--out", grown_sids, "--no-progress"))
@@ -94,9 +105,10 @@ def main(argv=None) -> int:
     # history items as the sum of their code embeddings ('rqsum'): a grown catalog cannot be served by item-id or
     # prefix tables sized for the warm items, but every new item's ITEM vector (and so its dense score) comes
     # from its codes
-    run("train_sidgr", sidgr("train", "--nproc", args.nproc, "--config", "configs/ml100k.gin",
-                             *train_overrides(plan, gr, warm_sids / "sids.json"), "TrainerConfig.select_best=True",
-                             f"TrainerConfig.select_beam_width={args.beam_width}", 'ModelConfig.history="rqsum"'))
+    run("train_sidgr", sidgr("train", "--nproc", args.nproc, "--config", spec.config(),
+                             *train_overrides(plan, gr, warm_sids / "sids.json", plan.valid_path()),
+                             "TrainerConfig.select_best=True", f"TrainerConfig.select_beam_width={args.beam_width}",
+                             'ModelConfig.history="rqsum"', "ModelConfig.dense_weight=1.0"))
     cands = {}
     for name, mapping in (("sidgr_extended", grown_sids / "sids.json"), ("sidgr_warm_only", None)):
         engine = out / name / "engine"
@@ -113,12 +125,21 @@ def main(argv=None) -> int:
                 "--k", K, "--beam-width", args.beam_width, "--new-items", "backoff"))
     # SASRec-CE: the grown catalog's id table (same item ids); cold rows are never trained
     sas = out / "sasrec_ce"
-    run("train_sasrec_ce", sidgr("train", "--nproc", "1", "--config", "configs/ml100k_sasrec.gin",
+    run("train_sasrec_ce", sidgr("train", "--nproc", "1", "--config", spec.config("sasrec"),
                                  *train_overrides(plan, sas, grown_sids / "sids.json"),
                                  "TrainerConfig.select_best=True"))
     cands["sasrec_ce"] = sas / "test_candidates.parquet"
     run("score_sasrec_ce", sidgr("score-items", "--checkpoint", sas, "--sequences", data / "test.parquet",
                                  "--out", cands["sasrec_ce"], "--k", K))
+    # SID-input with no per-item parameter: code-sum input, output tied to it; scores the grown catalog
+    sid_input = out / "sid_input"
+    run("train_sid_input", sidgr("train", "--nproc", "1", "--config", spec.config("sidinput"),
+                                 *train_overrides(plan, sid_input, warm_sids / "sids.json"),
+                                 "TrainerConfig.select_best=True", 'ModelConfig.item_input="rqsum"',
+                                 'ModelConfig.item_head="tied"'))
+    cands["sid_input"] = sid_input / "test_candidates.parquet"
+    run("score_sid_input", sidgr("score-items", "--checkpoint", sid_input, "--sequences", data / "test.parquet",
+                                 "--mapping", grown_sids / "sids.json", "--out", cands["sid_input"], "--k", K))
     cands["popularity"] = out / "popularity" / "test_candidates.parquet"
     run("popularity", sidgr("baseline", "popularity", "--train", data / "train.parquet", "--sequences",
                             data / "test.parquet", "--items", data / "items.parquet", "--out", cands["popularity"],
@@ -142,7 +163,7 @@ def summarize(out: Path, evals: Path, cands: dict, num_warm: int, args, wall: fl
     paired = {}
     for subset in SUBSETS:
         for metric in ("recall@10", "recall@50"):
-            for base in ("sasrec_ce", "popularity", "sidgr_warm_only"):
+            for base in ("sasrec_ce", "sid_input", "popularity", "sidgr_warm_only"):
                 if subset == "cold" and base == "sidgr_warm_only":
                     continue
                 d = paired_difference(evals / "sidgr_extended_backoff" / subset, evals / base / subset, metric,
@@ -162,7 +183,8 @@ def cell(stat: dict) -> str:
 
 def markdown(r: dict) -> str:
     s = r["split"]
-    lines = [f"# Cold start: {s['num_cold']} newest items of {s['num_items']} held out of training "
+    which = "newest" if s.get("cold_by", "newest") == "newest" else f"randomly chosen (seed {s['seed']})"
+    lines = [f"# Cold start: {s['num_cold']} {which} items of {s['num_items']} held out of training "
              f"({s['test_users_with_cold_target']} of {s['test_users']} test users have a cold target)", "",
              "| model | cold users R@10 | cold users R@50 | warm users R@10 | warm users R@50 | all R@10 | "
              "all R@50 | cold share of top-10 | of top-50 |", "|---|---|---|---|---|---|---|---|---|"]

@@ -65,3 +65,16 @@ def test_the_newest_items_leave_training_and_come_last_in_the_catalog(tmp_path):
     assert warm_catalog["target"].to_pylist() == test["target"].to_pylist()
     assert all(i < split.num_warm for row in warm_catalog["item_ids"].to_pylist() for i in row)
     assert json.loads((out / "split.json").read_text())["test_users_with_cold_target"] == cold.num_rows
+
+
+def test_a_random_cold_sample_is_seeded_and_leaves_training_the_same_way(tmp_path):
+    """Where timestamps are not times (Beauty's list positions), a seeded sample of items goes cold."""
+    write_dataset(tmp_path / "data")
+    a = write_cold_start_data(tmp_path / "data", tmp_path / "a", 0.25, "random", seed=7)
+    b = write_cold_start_data(tmp_path / "data", tmp_path / "b", 0.25, "random", seed=7)
+    c = write_cold_start_data(tmp_path / "data", tmp_path / "c", 0.25, "random", seed=8)
+    assert a.num_cold == 5 and np.array_equal(a.new_id, b.new_id) and not np.array_equal(a.new_id, c.new_id)
+    assert sorted(a.new_id.tolist()) == list(range(20))
+    train = pq.read_table(tmp_path / "a" / "train.parquet")
+    assert all(i < a.num_warm for row in train["item_ids"].to_pylist() for i in row)
+    assert json.loads((tmp_path / "a" / "split.json").read_text())["cold_by"] == "random"

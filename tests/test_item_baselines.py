@@ -73,11 +73,13 @@ def synth(tmp_path_factory):
     return tmp, write_synth(tmp / "data")
 
 
-def _train(synth, item_input: str, save: bool) -> dict:
+def _train(synth, item_input: str, save: bool, steps: str = STEPS, tp: int = 1, env: dict | None = None) -> dict:
     tmp, paths = synth
-    out = tmp / f"{item_input}.json"
-    args = [str(Path(paths["train"]).parent), str(out), item_input, STEPS, "1"]
-    run_torchrun("tests/dist/item_train.py", 1, *args, *([str(tmp / f"run_{item_input}")] if save else []), timeout=240)
+    name = f"{item_input.replace(':', '_')}_{steps}_tp{tp}"
+    out = tmp / f"{name}.json"
+    args = [str(Path(paths["train"]).parent), str(out), item_input, steps, str(tp)]
+    run_torchrun("tests/dist/item_train.py", tp, *args, *([str(tmp / f"run_{name}")] if save else []), env=env,
+                 timeout=240)
     return json.loads(out.read_text())
 
 
@@ -89,6 +91,12 @@ def sasrec(synth):
 @pytest.fixture(scope="module")
 def sid_input(synth):
     return _train(synth, "prefixn+id", save=False)
+
+
+@pytest.fixture(scope="module")
+def tied_code_sum(synth):
+    """SIDs as input with the output tied to the input vectors: no per-item parameter at all."""
+    return _train(synth, "rqsum:tied", save=True)
 
 
 def _popularity_recall10(paths) -> float:
@@ -105,7 +113,7 @@ def _popularity_recall10(paths) -> float:
 
 @pytest.mark.dist
 @pytest.mark.slow
-@pytest.mark.parametrize("which", ["sasrec", "sid_input"])
+@pytest.mark.parametrize("which", ["sasrec", "sid_input", "tied_code_sum"])
 def test_item_models_learn_and_beat_popularity(request, synth, which):
     result = request.getfixturevalue(which)
     pop = _popularity_recall10(synth[1])
@@ -119,7 +127,7 @@ def test_item_models_learn_and_beat_popularity(request, synth, which):
 def _score(synth, *flags, nproc=1) -> dict:
     tmp, paths = synth
     out = tmp / ("cands" + "".join(flags).replace("-", "_") + f"_{nproc}.parquet")
-    run_torchrun("sidgr.training.item_scoring", nproc, "--checkpoint", str(tmp / "run_id"), "--sequences",
+    run_torchrun("sidgr.training.item_scoring", nproc, "--checkpoint", str(tmp / f"run_id_{STEPS}_tp1"), "--sequences",
                  paths["test"], "--out", str(out), *flags, timeout=240)
     return pq.read_table(out).to_pydict()
 
@@ -158,9 +166,64 @@ def test_validation_during_training_equals_sidgr_evaluate(synth, sasrec, tmp_pat
 
     tmp, paths = synth
     cands = tmp_path / "valid_cands.parquet"
-    run_torchrun("sidgr.training.item_scoring", 1, "--checkpoint", str(tmp / "run_id"), "--sequences",
+    run_torchrun("sidgr.training.item_scoring", 1, "--checkpoint", str(tmp / f"run_id_{STEPS}_tp1"), "--sequences",
                  paths["valid"], "--out", str(cands), "--k", "10", timeout=240)
     report, _, _ = evaluate(cands, paths["valid"], paths["items"], exclude_history=True, ks=(10,), bootstrap=0)
     assert report["metrics"]["recall@10"]["mean"] == pytest.approx(sasrec["valid_recall@10"], abs=1e-12)
     assert report["metrics"]["ndcg@10"]["mean"] == pytest.approx(sasrec["valid_ndcg@10"], abs=1e-12)
     assert 0 < sasrec["valid_recall@10"] < 1
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_tied_head_trains_the_same_under_tp2(synth):
+    """The tied head's logits are computed whole on every TP rank from all-reduced input vectors: TP 2 must
+    follow TP 1's losses."""
+    no_dropout = {"ITEM_TRAIN_DROPOUT": "0"}
+    one, two = (_train(synth, "rqsum:tied", False, "12", tp, no_dropout) for tp in (1, 2))
+    np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-5)
+    assert one["losses"][-1] < one["losses"][0]
+
+
+def _grown_mapping(path: str, out: Path, new_items: int = 6) -> SIDMapping:
+    """The catalog plus `new_items` items on free SIDs under existing prefixes (what `tokenize --extend` does)."""
+    m = SIDMapping.load(path)
+    used = {tuple(c) for c in m.codes.t().tolist()}
+    free = [(a, b, c) for a, b in sorted({(a, b) for a, b, _ in used}) for c in range(int(m.codebook_sizes[2]))
+            if (a, b, c) not in used][:new_items]
+    assert len(free) == new_items
+    codes = torch.cat([m.codes, torch.tensor(free, dtype=m.codes.dtype).t()], 1)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"method": "planted", "extended": {"from_items": m.num_items}}
+    return SIDMapping.load(SIDMapping(codes, list(m.codebook_sizes), meta).save(out))
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_a_tied_code_sum_model_scores_a_grown_catalog(synth, tied_code_sum, sasrec, tmp_path):
+    """New items get scores from their codes; every trained item keeps exactly the score it had."""
+    tmp, paths = synth
+    grown = _grown_mapping(paths["mapping"], tmp_path / "grown" / "sids")
+    run = str(tmp / f"run_rqsum_tied_{STEPS}_tp1")
+    outs = {}
+    for name, mapping in (("trained", []), ("grown", ["--mapping", str(tmp_path / "grown" / "sids.json")])):
+        outs[name] = tmp_path / f"{name}.parquet"
+        run_torchrun("sidgr.training.item_scoring", 1, "--checkpoint", run, "--sequences", paths["test"], "--out",
+                     str(outs[name]), "--k", str(grown.num_items), "--include-history", *mapping, timeout=240)
+    trained, after = (pq.read_table(outs[n]).to_pydict() for n in ("trained", "grown"))
+    new = set(range(240, grown.num_items))
+    for items0, scores0, items1, scores1 in zip(trained["item_ids"], trained["scores"], after["item_ids"],
+                                                after["scores"]):
+        assert set(items1) == set(range(grown.num_items)) and set(items0) == set(range(240))
+        before = dict(zip(items0, scores0))
+        now = {i: s for i, s in zip(items1, scores1) if i not in new}
+        assert now.keys() == before.keys()
+        np.testing.assert_allclose([now[i] for i in items0], scores0, rtol=1e-5, atol=1e-5)
+    ranks = [min(r.index(i) for i in new) for r in after["item_ids"]]
+    assert min(ranks) < 120, "new items are scored, not pushed to the bottom"
+    # a model with a row per item cannot
+    proc = run_torchrun("sidgr.training.item_scoring", 1, "--checkpoint", str(tmp / f"run_id_{STEPS}_tp1"),
+                        "--sequences", paths["test"], "--out", str(tmp_path / "x.parquet"), "--mapping",
+                        str(tmp_path / "grown" / "sids.json"), timeout=240, check=False)
+    assert proc.returncode != 0 and "num_items" in proc.stderr and "has a row per item" in proc.stderr, proc.stderr
+    assert not (tmp_path / "x.parquet").exists()

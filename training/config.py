@@ -49,6 +49,9 @@ class ModelConfig:
     ffn_hidden_size: int = 512
     kind: Literal["sid_gr", "item"] = "sid_gr"  # 'item': the item-level baselines (SASRec-CE, SID-input)
     item_input: str = "id"  # kind='item' only: id | rqsum | prefixn | rqsum+id | prefixn+id
+    # kind='item' only: 'table' scores items with an output table of N rows; 'tied' with the items' input vectors
+    # (as SASRec did): with item_input='rqsum' the model then has no per-item row and scores a grown catalog
+    item_head: Literal["table", "tied"] = "table"
     # shared: one head over all levels' codes, its softmax at level h restricted to level h's codes (training and
     # engine alike); per_level: one head per level
     head_mode: Literal["shared", "per_level"] = "shared"

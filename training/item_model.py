@@ -35,6 +35,7 @@ from sidgr.training.model import (PrefixTables, in_training_precision, layer_spe
                                   vocab_slice_logits)
 
 ITEM_INPUTS = ("id", "rqsum", "prefixn", "rqsum+id", "prefixn+id")
+ITEM_HEADS = ("table", "tied")
 
 
 # ---- the catalog as the model sees it --------------------------------------------------------------------------
@@ -75,17 +76,25 @@ class ItemCatalog:
         return pids
 
 
-def item_arch(arch: ModelArch, catalog: ItemCatalog, item_input: str) -> ModelArch:
+def item_arch(arch: ModelArch, catalog: ItemCatalog, item_input: str, item_head: str = "table") -> ModelArch:
     """The SID-GR arch record plus what identifies the item model (stored in arch.json's `extra`)."""
     from dataclasses import replace
 
     if item_input not in ITEM_INPUTS:
         raise ValueError(f"item_input={item_input!r}: expected one of {ITEM_INPUTS}")
+    if item_head not in ITEM_HEADS:
+        raise ValueError(f"item_head={item_head!r}: expected one of {ITEM_HEADS}")
     # ModelConfig.history and dense_weight are SID-GR's: an item model's input is item_input, its output a full
     # softmax (configs may share one ModelConfig)
     return replace(arch, history="codes", num_items=0, prefix_counts=(), dense_weight=0.0,
-                   extra={"kind": "item", "item_input": item_input, "num_items": catalog.num_items,
-                          "prefix_counts": list(catalog.prefix_counts)})
+                   extra={"kind": "item", "item_input": item_input, "item_head": item_head,
+                          "num_items": catalog.num_items, "prefix_counts": list(catalog.prefix_counts)})
+
+
+def scores_grown_catalog(arch: ModelArch) -> bool:
+    """Whether the model has no per-item parameter (code-sum input, tied head): it can score items added to the
+    catalog after training (`sidgr tokenize --extend`) from their codes."""
+    return arch.extra.get("item_input") == "rqsum" and arch.extra.get("item_head", "table") == "tied"
 
 
 # ---- layouts -------------------------------------------------------------------------------------------------
@@ -195,20 +204,23 @@ class ItemEmbedding(MegatronModule):
 
 
 class ItemSeqModel(MegatronModule):
-    """`embedding`, `decoder` (Megatron TransformerBlock, final LayerNorm) and `head` (vocab-parallel, N items)."""
+    """`embedding`, `decoder` (Megatron TransformerBlock, final LayerNorm) and the output: `head` (vocab-parallel,
+    N items) or, tied, the items' input vectors (`item_head`)."""
 
     def __init__(self, config: TransformerConfig, arch: ModelArch, catalog: ItemCatalog, item_input: str,
-                 vocab_pad_multiple: int = 8):
+                 vocab_pad_multiple: int = 8, item_head: str = "table"):
         super().__init__(config)
         if item_input not in ITEM_INPUTS:
             raise ValueError(f"item_input={item_input!r}: expected one of {ITEM_INPUTS}")
         self.arch, self.item_input, self.num_items = arch, item_input, catalog.num_items
+        self.tied = item_head == "tied"
         tp = config.tensor_model_parallel_size
         self.embedding = ItemEmbedding(config, arch, catalog, item_input, vocab_pad_multiple)
         self.decoder = TransformerBlock(config, layer_spec(), post_layer_norm=True)
-        self.head = tensor_parallel.ColumnParallelLinear(
-            arch.hidden_size, padded_size(catalog.num_items, vocab_pad_multiple, tp), config=config,
-            init_method=config.init_method, bias=False, gather_output=False, skip_bias_add=True)
+        if not self.tied:
+            self.head = tensor_parallel.ColumnParallelLinear(
+                arch.hidden_size, padded_size(catalog.num_items, vocab_pad_multiple, tp), config=config,
+                init_method=config.init_method, bias=False, gather_output=False, skip_bias_add=True)
 
     def set_input_tensor(self, input_tensor):
         self.decoder.set_input_tensor(input_tensor)
@@ -218,21 +230,29 @@ class ItemSeqModel(MegatronModule):
         return self.decoder(hidden_states=self.embedding(pids, positions), attention_mask=attention_mask)
 
     def item_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden [n, hidden] -> this rank's slice of the item logits [n, N_padded / TP] in fp32, padding masked."""
+        """hidden [n, hidden] -> this rank's slice of the item logits [n, N_padded / TP] in fp32, padding masked;
+        tied: the whole catalog's [n, N], the same on every TP rank (the input vectors are all-reduced over the
+        vocab-parallel tables)."""
+        if self.tied:
+            items = torch.arange(self.num_items, device=hidden.device)
+            return hidden.float() @ self.embedding.item_vectors(items).float().t()
         return vocab_slice_logits(self.head, hidden, self.num_items)
 
     def full_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[n, hidden] -> [n, N] logits over the whole catalog (gathered over TP; for scoring, no gradient)."""
         local = self.item_logits(hidden)
+        if self.tied:
+            return local
         if ps.get_tensor_model_parallel_world_size() > 1:
             local = tensor_parallel.gather_from_tensor_model_parallel_region(local.contiguous())
         return local[:, :self.num_items]
 
 
-def build_item_model(model_cfg, arch: ModelArch, catalog: ItemCatalog, item_input: str, tp: int,
-                     device: torch.device) -> ItemSeqModel:
+def build_item_model(model_cfg, arch: ModelArch, catalog: ItemCatalog, tp: int, device: torch.device) -> ItemSeqModel:
+    """The item model `arch.extra` describes (item_input, item_head) over `catalog`."""
     config = transformer_config(model_cfg, arch, tp)
-    model = ItemSeqModel(config, arch, catalog, item_input, model_cfg.vocab_pad_multiple)
+    model = ItemSeqModel(config, arch, catalog, arch.extra["item_input"], model_cfg.vocab_pad_multiple,
+                         arch.extra.get("item_head", "table"))
     return in_training_precision(model, config).to(device)
 
 
@@ -243,5 +263,9 @@ def item_token_losses(model: ItemSeqModel, hidden: torch.Tensor, ib: ItemBatch):
     from sidgr.training.loss import TokenLosses
 
     rows, cols = ib.loss_mask.nonzero(as_tuple=True)
-    losses = vocab_parallel_cross_entropy(model.item_logits(hidden[cols, rows]), ib.labels[rows, cols])
+    logits, labels = model.item_logits(hidden[cols, rows]), ib.labels[rows, cols]
+    if model.tied:  # whole-catalog logits on every rank
+        losses = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    else:
+        losses = vocab_parallel_cross_entropy(logits, labels)
     return TokenLosses(losses, torch.zeros_like(rows), rows, cols)

@@ -8,7 +8,9 @@ Each user's history (`item_ids`) is cut to its most recent max_items - 1 items (
 training, where max_items counts the history plus the predicted item); the last one's hidden state scores all N
 items. Every item of the *whole* history is excluded unless --include-history (the same ranking as validation
 during training). Output: `user_id, item_ids (best first), scores` (raw logits; ties toward the smaller item id).
-Users with an empty history get an empty list.
+Users with an empty history get an empty list. A model without per-item parameters (item_input 'rqsum',
+item_head 'tied') also scores a catalog grown after training (`--mapping GROWN/sids.json` from `sidgr tokenize
+--extend`): new items are scored through their codes.
 """
 from __future__ import annotations
 
@@ -52,15 +54,26 @@ def model_config(ckpt: Path):
 
 
 def load_catalog(ckpt: Path, mapping_path, arch):
+    """The trained catalog, or (`--mapping`) one grown from it when the model has no per-item parameter."""
     from sidgr.sid.mapping import SIDMapping
-    from sidgr.training.item_model import ItemCatalog
+    from sidgr.training.item_model import ItemCatalog, scores_grown_catalog
 
-    if mapping_path is None:
-        mapping_path = json.loads((ckpt / "mapping.json").read_text())["path"]
-    catalog = ItemCatalog.from_mapping(SIDMapping.load(mapping_path))
-    if catalog.num_items != arch.extra["num_items"] or catalog.codebook_sizes != arch.codebook_sizes:
-        raise input_error(mapping_path, "num_items/codebook_sizes", (catalog.num_items, catalog.codebook_sizes),
-                          f"the checkpoint was trained on {arch.extra['num_items']} items, {arch.codebook_sizes}")
+    trained_path = json.loads((ckpt / "mapping.json").read_text())["path"]
+    source = mapping_path or trained_path
+    mapping = SIDMapping.load(source)
+    catalog = ItemCatalog.from_mapping(mapping)
+    if catalog.codebook_sizes != arch.codebook_sizes:
+        raise input_error(source, "codebook_sizes", catalog.codebook_sizes,
+                          f"the checkpoint was trained with codebooks {arch.codebook_sizes}")
+    if catalog.num_items == arch.extra["num_items"]:
+        return catalog
+    if not scores_grown_catalog(arch):
+        raise input_error(source, "num_items", catalog.num_items,
+                          f"the checkpoint was trained on {arch.extra['num_items']} items and has a row per item "
+                          "(only item_input='rqsum' with item_head='tied' scores a grown catalog)")
+    if not mapping.extends(SIDMapping.load(trained_path)):
+        raise input_error(mapping_path, "--mapping", str(mapping_path), "does not keep the SIDs of the items the "
+                                                                       "model was trained with")
     return catalog
 
 
@@ -115,7 +128,7 @@ def score(checkpoint, queries, out, top_k: int = 50, batch_size: int = 256, mapp
     info = init_distributed(int(os.environ.get("WORLD_SIZE", "1")))  # all ranks split the head
     try:
         seed_everything(0)  # Megatron's RNG tracker must exist; eval mode uses no randomness
-        model = build_item_model(mcfg, arch, catalog, arch.extra["item_input"], info.tp_size, info.device)
+        model = build_item_model(mcfg, arch, catalog, info.tp_size, info.device)
         load_weights(model, ckpt)
         model.eval()
         summary = score_file(model, queries, out, arch.max_items - 1, top_k, batch_size, info.device,
@@ -136,7 +149,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--include-history", action="store_true",
                    help="let items of the user's history be recommended (default: the whole history is excluded)")
     p.add_argument("--batch-size", type=int, default=256, help="users per forward pass")
-    p.add_argument("--mapping", default=None, help="SID mapping (default: the one the checkpoint recorded)")
+    p.add_argument("--mapping", default=None, help="SID mapping (default: the one the checkpoint recorded); a "
+                   "grown catalog for an rqsum-input, tied-head model")
 
 
 def run(args: argparse.Namespace) -> int:

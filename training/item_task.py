@@ -48,18 +48,18 @@ def target_cross_entropy(logits: torch.Tensor, targets: np.ndarray) -> torch.Ten
 class ItemTask:
     """The item-level family (see `training/task.py` for the protocol)."""
 
-    def __init__(self, mapping: SIDMapping, item_input: str):
+    def __init__(self, mapping: SIDMapping, item_input: str, item_head: str = "table"):
         self.catalog = ItemCatalog.from_mapping(mapping)
-        self.item_input = item_input
+        self.item_input, self.item_head = item_input, item_head
         self.valid = None
         self.keep = None
 
     def arch(self, arch: ModelArch) -> ModelArch:
         self.keep = arch.max_items - 1
-        return item_arch(arch, self.catalog, self.item_input)
+        return item_arch(arch, self.catalog, self.item_input, self.item_head)
 
     def build(self, model_cfg, arch: ModelArch, tp: int, device) -> ItemSeqModel:
-        return build_item_model(model_cfg, arch, self.catalog, self.item_input, tp, device)
+        return build_item_model(model_cfg, arch, self.catalog, tp, device)
 
     def batch(self, batch, loss_mode: str, device) -> ItemBatch:
         pids = self.catalog.sids_to_pids(batch.sids, batch.lengths)

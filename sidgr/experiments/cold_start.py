@@ -1,6 +1,7 @@
 """The cold-start split: the newest items leave the training data and come back as a catalog extension.
 
-Items whose first interaction (over all users) is latest form the cold set (`cold_fraction` of the catalog). Item ids
+Items whose first interaction (over all users) is latest form the cold set (`cold_fraction` of the catalog; or a
+seeded random sample where timestamps are not times). Item ids
 are renumbered so warm items are 0..W-1 and cold items W..N-1 (each group in its old id order), because a SID
 mapping grows by appending. Training and validation data lose every interaction with a cold item (a validation row
 whose target is cold is dropped); test rows keep their full histories and targets, so the users whose test target
@@ -31,15 +32,23 @@ class ColdSplit:
         return self.num_items - self.num_warm
 
 
-def choose_cold(sequences: pa.Table, num_items: int, cold_fraction: float) -> ColdSplit:
+def choose_cold(sequences: pa.Table, num_items: int, cold_fraction: float, by: str = "newest",
+                seed: int = 0) -> ColdSplit:
+    """by='newest': the items first interacted with last; 'random': a seeded sample of items (data whose
+    timestamps are not times, e.g. Beauty's list positions)."""
+    if by not in ("newest", "random"):
+        raise ValueError(f"by={by!r}: expected 'newest' or 'random'")
     items = pc.list_flatten(sequences["item_ids"]).to_numpy()
     times = pc.list_flatten(sequences["timestamps"]).to_numpy()
     first = np.full(num_items, np.iinfo(np.int64).max, dtype=np.int64)
     np.minimum.at(first, items, times)
     num_cold = max(1, int(round(cold_fraction * num_items)))
-    order = np.lexsort((np.arange(num_items), first))  # by first time, ties by id
+    if by == "newest":
+        chosen = np.lexsort((np.arange(num_items), first))[-num_cold:]  # by first time, ties by id
+    else:
+        chosen = np.random.default_rng(seed).choice(num_items, num_cold, replace=False)
     cold = np.zeros(num_items, bool)
-    cold[order[-num_cold:]] = True
+    cold[chosen] = True
     new_id = np.empty(num_items, np.int64)
     new_id[np.flatnonzero(~cold)] = np.arange(num_items - num_cold)
     new_id[np.flatnonzero(cold)] = np.arange(num_items - num_cold, num_items)
@@ -72,7 +81,7 @@ def renumber(table: pa.Table, split: ColdSplit, drop_cold: bool, keep_cold_targe
     return pa.table(out)
 
 
-def write_cold_start_data(data: Path, out: Path, cold_fraction: float) -> ColdSplit:
+def write_cold_start_data(data: Path, out: Path, cold_fraction: float, by: str = "newest", seed: int = 0) -> ColdSplit:
     """DATA (a prepared dataset) -> OUT: items (all, renumbered), items_warm / items_cold, train / valid without
     cold items, test (full), test_cold / test_warm (rows whose target is / is not cold), test_warm_catalog (test
     with cold items out of the histories), split.json."""
@@ -81,7 +90,7 @@ def write_cold_start_data(data: Path, out: Path, cold_fraction: float) -> ColdSp
     out.mkdir(parents=True, exist_ok=True)
     sequences = pq.read_table(data / "sequences.parquet")
     items = pq.read_table(data / "items.parquet")
-    split = choose_cold(sequences, items.num_rows, cold_fraction)
+    split = choose_cold(sequences, items.num_rows, cold_fraction, by, seed)
     new_ids = split.new_id[items["item_id"].to_numpy()]
     items = items.set_column(items.schema.get_field_index("item_id"), "item_id", pa.array(new_ids, pa.int64()))
     items = items.take(np.argsort(new_ids))
@@ -99,7 +108,7 @@ def write_cold_start_data(data: Path, out: Path, cold_fraction: float) -> ColdSp
     write_table_atomic(out / "test_cold.parquet", test.filter(cold_target))
     write_table_atomic(out / "test_warm.parquet", test.filter(pc.invert(cold_target)))
     (out / "split.json").write_text(json.dumps({
-        "cold_fraction": cold_fraction, "num_items": split.num_items, "num_warm": split.num_warm,
+        "cold_fraction": cold_fraction, "cold_by": by, "seed": seed, "num_items": split.num_items, "num_warm": split.num_warm,
         "num_cold": split.num_cold, "test_users": test.num_rows,
         "test_users_with_cold_target": int(pc.sum(cold_target).as_py()),
         "cold_first_interaction_from": int(split.first_time[split.new_id >= split.num_warm].min()),

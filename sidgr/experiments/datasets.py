@@ -20,6 +20,7 @@ class DatasetSpec:
     valid_users: int = 0  # SID-GR checkpoint selection on this many valid users (0 = all), for big datasets
     sweep_users: int = 0  # the beam-vs-exact sweep on this many test users (0 = all): exact scoring grows with N
     note: str = ""  # printed beside every result of the dataset
+    timed: bool = True  # timestamps are times (Beauty's are list positions: no "newest item" to hold out)
 
     def config(self, family: str = "") -> str:
         return f"configs/{self.name}{'_' + family if family else ''}.gin"
@@ -32,7 +33,7 @@ DATASETS = {
     "beauty": DatasetSpec(
         "beauty", True, text_sids={"text": BALANCED_64},
         collab_sids={"collab": ["--table", "items"], "fused": ["--table", "items", "--fuse-text", "0.3"]},
-        primary="text", valid_users=3000, sweep_users=250,
+        primary="text", valid_users=3000, sweep_users=250, timed=False,
         note="item text is brand + category path only (the TIGER paper also had titles and descriptions)"),
     "ml1m": DatasetSpec(
         "ml1m", True, text_sids={"text": BALANCED_64},

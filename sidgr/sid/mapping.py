@@ -54,6 +54,13 @@ class SIDMapping:
         return self.codes.t()[pids]
 
     # ---- validation ----------------------------------------------------------------------------
+    def extends(self, trained: "SIDMapping") -> bool:
+        """Whether this mapping keeps every item of `trained` at the same id and SID (a catalog grown by
+        `sidgr tokenize --extend`, or the same catalog)."""
+        n = trained.num_items
+        return (self.num_levels == trained.num_levels and self.num_items >= n
+                and bool((self.codes[:, :n] == trained.codes).all()))
+
     def validate(self, require_unique: bool = False) -> "SIDMapping":
         c = self.codes
         if c.dim() != 2:

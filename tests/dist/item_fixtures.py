@@ -33,6 +33,7 @@ def write_synth(out: str | Path) -> dict:
     clusters = pq.read_table(out / "items.parquet", columns=["cluster"]).column("cluster").to_numpy()
     codes = planted_codes(clusters)
     sizes = [int(c.max()) + 1 for c in codes]
+    sizes[-1] += 4  # free last-level codes, as `sidgr tokenize` keeps for items added later
     SIDMapping(torch.from_numpy(codes), sizes, {"method": "planted"}).save(out / "sids")
     return {"train": str(out / "train.parquet"), "valid": str(out / "valid.parquet"),
             "test": str(out / "test.parquet"), "items": str(out / "items.parquet"), "mapping": str(out / "sids.json")}

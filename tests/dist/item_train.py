@@ -2,12 +2,15 @@
 test users over the full catalog; writes {valid (the trainer task's validation), test recall/ndcg@10, losses}
 as JSON.
 
-Usage: torchrun --standalone --nproc_per_node=N tests/dist/item_train.py DATA_DIR OUT.json ITEM_INPUT STEPS [TP]
-       [RUN_DIR]   (RUN_DIR: also save a trainer checkpoint there, and the test top-10 lists in OUT.json)
+Usage: torchrun --standalone --nproc_per_node=N tests/dist/item_train.py DATA_DIR OUT.json ITEM_INPUT[:HEAD] STEPS
+       [TP] [RUN_DIR]   (HEAD: ModelConfig.item_head, default 'table'; RUN_DIR: also save a trainer checkpoint
+       there, and the test top-10 lists in OUT.json). ITEM_TRAIN_DROPOUT (env): the dropout, default 0.1 (TP
+       ranks draw dropout masks from their own streams: compare TP layouts at 0).
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 
@@ -23,8 +26,10 @@ def main(data_dir: str, out: str, item_input: str, steps: int, tp: int, run_dir:
     from sidgr.training.train import train_step
 
     mapping = SIDMapping.load(f"{data_dir}/sids.json")
-    task = ItemTask(mapping, item_input)
-    mcfg = ModelConfig(hidden_size=32, num_layers=1, num_attention_heads=2, ffn_hidden_size=64, dropout=0.1)
+    item_input, _, item_head = item_input.partition(":")
+    task = ItemTask(mapping, item_input, item_head or "table")
+    mcfg = ModelConfig(hidden_size=32, num_layers=1, num_attention_heads=2, ffn_hidden_size=64,
+                       dropout=float(os.environ.get("ITEM_TRAIN_DROPOUT", "0.1")))
     ocfg = OptimizerConfig(lr=5e-3, min_lr=5e-4, warmup_steps=10, weight_decay=0.0)
     dcfg = DataConfig(train_path=f"{data_dir}/train.parquet", valid_path=f"{data_dir}/valid.parquet",
                       mapping_path=f"{data_dir}/sids.json", max_items=20, global_batch_size=32, seed=1)
