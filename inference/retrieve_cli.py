@@ -2,6 +2,7 @@
 
 Resumable after a kill (see `inference/batch_retrieval.py`); the user's history is excluded unless
 --include-history. `--nproc N` shards the users over N processes (`inference/shards.py`); the output is the same.
+Several machines: the same command on each with `--nnodes M --node-rank R --rdzv-endpoint HOST:PORT` (`sidgr.launch`).
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 import sys
 
 from sidgr.errors import input_error
+from sidgr.launch import add_node_arguments, check_nodes, torchrun_prefix, worker_argv
 from sidgr.logs import get_logger
 
 
@@ -33,6 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--nproc", type=int, default=1,
                    help="processes on this machine, users sharded by batch (runs itself under torchrun)")
+    add_node_arguments(p)  # several machines: --out on storage they all see
 
 
 def parse_widths(args) -> int | list[int]:
@@ -53,10 +56,9 @@ def run(args) -> int:
     from .engine import Engine
     from sidgr.process import under_torchrun
 
-    from .shards import join_world, leave_world, torchrun_argv
+    from .shards import join_world, leave_world
 
-    if args.nproc < 1:
-        raise input_error("--nproc", "nproc", args.nproc, "must be >= 1")
+    check_nodes(args, "sidgr retrieve")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.batch_size < 1:
@@ -72,8 +74,8 @@ def run(args) -> int:
     engine.dense_weight(args.dense_weight)  # a bad weight: one line now, before any decoding
     params = RetrievalParams(args.k, widths, not args.include_history, args.exact, args.batch_size, args.new_items,
                              args.dense_weight)
-    if args.nproc > 1 and not under_torchrun():  # arguments checked here: a bad one is one line, not a banner
-        cmd = torchrun_argv(args.nproc, args.command_argv)
+    if (args.nproc > 1 or args.nnodes > 1) and not under_torchrun():  # checked here: one line, not a banner
+        cmd = [*torchrun_prefix(args), "-m", "sidgr.cli", *worker_argv(args.command_argv)]
         sys.stdout.flush()
         sys.stderr.flush()
         os.execv(cmd[0], cmd)

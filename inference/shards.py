@@ -1,14 +1,13 @@
 """Batch retrieval on several processes: users are sharded by batch index over the torchrun world.
 
-`sidgr retrieve --nproc N` re-executes itself under `torchrun --standalone` (a multi-node `torchrun ... -m
-sidgr.cli retrieve` works the same way, with the output on shared storage). Rank r decodes the batches
+`sidgr retrieve --nproc N [--nnodes M ...]` re-executes itself under torchrun (`sidgr.launch`; several nodes write
+their parts to the output's directory on shared storage). Rank r decodes the batches
 i with i % world == r into the same part files a single process would write, so the merged output is
 identical to a one-process run. Only gloo barriers are used: no tensors cross processes.
 """
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -44,18 +43,3 @@ def join_world() -> Shard:
 def leave_world() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-def torchrun_argv(nproc: int, argv: list[str]) -> list[str]:
-    """The command that runs `sidgr <argv>` as `nproc` processes on this machine. `--nproc` itself is dropped:
-    torchrun's parser would take it for an abbreviation of its own --nproc-per-node."""
-    worker_argv, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == "--nproc":
-            skip = True
-        elif not a.startswith("--nproc="):
-            worker_argv.append(a)
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            "-m", "sidgr.cli", *worker_argv]

@@ -225,3 +225,37 @@ def test_dense_score_is_added_to_each_candidates_sid_likelihood(tmp_path):
     default = engine.retrieve(hist, 20, [8, 48, 100], exclude_history=True)  # the trained weight, 0.5
     assert torch.equal(default.items, engine.retrieve(hist, 20, [8, 48, 100], exclude_history=True,
                                                       dense_weight=0.5).items)
+
+
+@pytest.mark.dist
+def test_two_nodes_write_the_same_output_as_one_process(setup):
+    """`--nnodes 2` (two launchers on the loopback address, c10d rendezvous, one output directory) == one process."""
+    import socket
+    import subprocess
+    import sys
+
+    tmp_path, _ = setup
+    assert retrieve(tmp_path, "one.parquet") == 0
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        endpoint = f"127.0.0.1:{sock.getsockname()[1]}"
+    nodes = [subprocess.Popen(
+        [sys.executable, "-m", "sidgr.cli", "retrieve", "--engine", str(tmp_path / "engine"), "--sequences",
+         str(tmp_path / "test.parquet"), "--out", str(tmp_path / "nodes.parquet"), "--k", "7", "--beam-widths",
+         "4,16,32", "--batch-size", "5", "--nnodes", "2", "--node-rank", str(rank), "--rdzv-endpoint", endpoint,
+         "--rdzv-id", "retrieve-test"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    for node in nodes:
+        _, err = node.communicate(timeout=240)
+        assert node.returncode == 0, err[-2000:]
+    assert (tmp_path / "nodes.parquet").read_bytes() == (tmp_path / "one.parquet").read_bytes()
+    assert not (tmp_path / ".nodes.parquet.parts").exists()
+
+
+def test_node_flags_are_checked_before_decoding(setup, capsys):
+    tmp_path, _ = setup
+    for flags, message in [(["--nnodes", "2"], "--rdzv-endpoint"), (["--nproc", "0"], "--nproc"),
+                           (["--nnodes", "2", "--node-rank", "-1", "--rdzv-endpoint", "h:1"], "--node-rank")]:
+        assert retrieve(tmp_path, "bad.parquet", *flags) != 0
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "bad.parquet").exists()

@@ -23,7 +23,8 @@ with open(os.environ["CALLS"], "a") as f:
     f.write(json.dumps(sys.argv[1:]) + "\\n")
 """
 FAKE_SCONTROL = """#!/bin/bash
-[ "$1 $2" = "show hostnames" ] && printf 'gpu-a17\\ngpu-a18\\n'
+[ "$1 $2" = "show hostnames" ] || exit 1
+case "$3" in gpu-*) printf 'gpu-a17\\ngpu-a18\\n' ;; *) printf 'cpu-3\\ncpu-4\\n' ;; esac
 """
 
 
@@ -62,14 +63,18 @@ def test_train_recipe_runs_one_launcher_per_node_with_one_rendezvous_and_resumes
     assert "--container-image=/shared/sidgr.sqsh" in srun_opts and f"--container-mounts={run}:{run}" in srun_opts
 
 
-def test_retrieve_recipe_shards_users_over_the_node_processes(tmp_path):
+def test_retrieve_recipe_shards_users_over_every_process_of_every_node(tmp_path):
     env = {"ENGINE": "/shared/engine", "SEQUENCES": "/shared/test.parquet", "OUT": "/shared/cands.parquet",
-           "SLURM_CPUS_PER_TASK": "32", "SLURM_NNODES": "1"}
-    calls, _ = render(tmp_path, "retrieve.sbatch", env, "--k", "500", "--beam-width", "1024")
-    assert len(calls) == 1 and calls[0][0] == "retrieve"
-    args = build_parser("retrieve")[0].parse_args(calls[0][1:])
-    assert (args.nproc, args.engine, args.out, args.k, args.beam_width) == (32, "/shared/engine",
-                                                                            "/shared/cands.parquet", 500, 1024)
+           "SLURM_CPUS_PER_TASK": "32", "SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "cpu-[3-4]", "SLURM_JOB_ID": "77"}
+    calls, srun_opts = render(tmp_path, "retrieve.sbatch", env, "--k", "500", "--beam-width", "1024")
+    assert len(calls) == 2 and "--kill-on-bad-exit=1" in srun_opts
+    for node, argv in enumerate(calls):
+        assert argv[0] == "retrieve"
+        args = build_parser("retrieve")[0].parse_args(argv[1:])
+        assert (args.nproc, args.nnodes, args.node_rank, args.rdzv_endpoint, args.rdzv_id) == (32, 2, node,
+                                                                                               "cpu-3:29501", "77")
+        assert (args.engine, args.sequences, args.out, args.k, args.beam_width) == (
+            "/shared/engine", "/shared/test.parquet", "/shared/cands.parquet", 500, 1024)
 
 
 def test_train_recipe_says_what_is_missing(tmp_path):

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from sidgr.errors import input_error
+from sidgr.launch import add_node_arguments, check_nodes, torchrun_prefix
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,10 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
     parser.add_argument("--print-config", action="store_true",
                         help="print the effective gin config (file + overrides, every value) and exit")
-    parser.add_argument("--nnodes", type=int, default=1, help="machines in the job (each runs this command)")
-    parser.add_argument("--node-rank", type=int, default=0, help="this machine's index, 0..nnodes-1")
-    parser.add_argument("--rdzv-endpoint", default=None, help="HOST:PORT of the c10d rendezvous (with --nnodes > 1)")
-    parser.add_argument("--rdzv-id", default="sidgr", help="job id shared by the nodes of one run")
+    add_node_arguments(parser)
     parser.add_argument("--max-restarts", type=int, default=0,
                         help="when a worker dies, torchrun restarts the group up to this many times; it resumes "
                              "from the latest complete checkpoint by itself")
@@ -30,30 +28,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def torchrun_command(args: argparse.Namespace) -> list[str]:
-    where = ["--standalone"] if args.nnodes == 1 else [
-        f"--nnodes={args.nnodes}", f"--node_rank={args.node_rank}", "--rdzv_backend=c10d",
-        f"--rdzv_endpoint={args.rdzv_endpoint}", f"--rdzv_id={args.rdzv_id}"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", *where, f"--nproc_per_node={args.nproc}",
-           f"--max-restarts={args.max_restarts}", "-m", "sidgr.training.train", "--config", args.config]
+    cmd = [*torchrun_prefix(args, args.max_restarts), "-m", "sidgr.training.train", "--config", args.config]
     return cmd + (["--resume"] if args.resume else []) + list(args.overrides)
 
 
-def check_nodes(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace) -> int:
+    check_nodes(args, "sidgr train")
     if args.max_restarts < 0:
         raise input_error("sidgr train", "--max-restarts", args.max_restarts, "must be >= 0")
-    if args.nnodes < 1:
-        raise input_error("sidgr train", "--nnodes", args.nnodes, "must be >= 1")
-    if not 0 <= args.node_rank < args.nnodes:
-        raise input_error("sidgr train", "--node-rank", args.node_rank, f"must be in 0..{args.nnodes - 1}")
-    if args.nnodes > 1 and not re.fullmatch(r"[\w.\-\[\]:]+:\d+", args.rdzv_endpoint or ""):
-        raise input_error("sidgr train", "--rdzv-endpoint", args.rdzv_endpoint,
-                          "HOST:PORT of the rendezvous is needed with --nnodes > 1")
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.nproc < 1:
-        raise input_error("sidgr train", "--nproc", args.nproc, "must be >= 1")
-    check_nodes(args)
     if not Path(args.config).is_file():
         raise input_error(args.config, "--config", args.config, "gin file does not exist")
     # Check the config and the data in this process first: a bad input is one line, not a torchrun traceback.
