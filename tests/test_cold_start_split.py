@@ -75,6 +75,23 @@ def test_a_random_cold_sample_is_seeded_and_leaves_training_the_same_way(tmp_pat
     c = write_cold_start_data(tmp_path / "data", tmp_path / "c", 0.25, "random", seed=8)
     assert a.num_cold == 5 and np.array_equal(a.new_id, b.new_id) and not np.array_equal(a.new_id, c.new_id)
     assert sorted(a.new_id.tolist()) == list(range(20))
-    train = pq.read_table(tmp_path / "a" / "train.parquet")
-    assert all(i < a.num_warm for row in train["item_ids"].to_pylist() for i in row)
+    for name in ("train", "valid", "test_warm_catalog"):
+        rows = pq.read_table(tmp_path / "a" / f"{name}.parquet")["item_ids"].to_pylist()
+        assert all(row and all(i < a.num_warm for i in row) for row in rows)  # no empty history left behind
     assert json.loads((tmp_path / "a" / "split.json").read_text())["cold_by"] == "random"
+
+
+def test_rows_left_without_history_leave_train_and_valid():
+    """A user whose whole history is cold items has nothing to learn from or condition on once they are dropped."""
+    from sidgr.experiments.cold_start import choose_cold, renumber
+
+    seqs = pa.table({"user_id": pa.array([0, 1], pa.int64()),
+                     "item_ids": pa.array([[0, 1, 2], [3, 0]], pa.list_(pa.int64())),
+                     "timestamps": pa.array([[1, 2, 3], [100, 101]], pa.list_(pa.int64()))})
+    split = choose_cold(seqs, 4, 0.25)  # item 3 is first seen last
+    assert split.new_id[3] == 3 and split.num_warm == 3
+    valid = seqs.append_column("target", pa.array([2, 0], pa.int64()))
+    valid = valid.set_column(1, "item_ids", pa.array([[0, 1], [3]], pa.list_(pa.int64())))
+    valid = valid.set_column(2, "timestamps", pa.array([[1, 2], [100]], pa.list_(pa.int64())))
+    assert renumber(valid, split, drop_cold=True)["user_id"].to_pylist() == [0]
+    assert renumber(valid, split, drop_cold=False)["user_id"].to_pylist() == [0, 1]

@@ -56,8 +56,8 @@ def choose_cold(sequences: pa.Table, num_items: int, cold_fraction: float, by: s
 
 
 def renumber(table: pa.Table, split: ColdSplit, drop_cold: bool, keep_cold_targets: bool = False) -> pa.Table:
-    """Item ids renumbered; with drop_cold, cold items leave the histories and (unless keep_cold_targets) rows with
-    a cold target go."""
+    """Item ids renumbered; with drop_cold, cold items leave the histories, rows left without history go and
+    (unless keep_cold_targets) so do rows with a cold target."""
     histories, times = table["item_ids"].to_pylist(), table["timestamps"].to_pylist()
     cols = {"user_id": table["user_id"].to_pylist(), "item_ids": [], "timestamps": []}
     has_target = "target" in table.column_names
@@ -68,8 +68,8 @@ def renumber(table: pa.Table, split: ColdSplit, drop_cold: bool, keep_cold_targe
         keep = new < split.num_warm if drop_cold else np.ones(len(new), bool)
         if has_target and drop_cold and not keep_cold_targets and split.new_id[targets[row]] >= split.num_warm:
             continue
-        if drop_cold and keep_cold_targets and not keep.any():
-            continue  # no history left to query with (scored as no candidates)
+        if drop_cold and not keep.any():
+            continue  # no history left to learn from or query with
         keep_rows.append(row)
         cols["item_ids"].append(new[keep].tolist())
         cols["timestamps"].append(np.asarray(ts, np.int64)[keep].tolist())
