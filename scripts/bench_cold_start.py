@@ -46,7 +46,10 @@ def parse_args(argv):
     p.add_argument("--cold-fraction", type=float, default=0.075)
     p.add_argument("--cold-by", choices=["newest", "random"], default=None,
                    help="which items go cold (default: newest where timestamps are times, else random)")
-    p.add_argument("--seed", type=int, default=0, help="the random cold sample's seed")
+    p.add_argument("--seed", type=int, default=0, help="the random cold sample's and the warm test sample's seed")
+    p.add_argument("--warm-test-users", type=int, default=0,
+                   help="test users whose target is warm to score (a seeded sample; 0 = all); every cold-target "
+                        "user is always scored")
     p.add_argument("--steps", type=int, default=None, help="training steps of every model (default: each config's)")
     p.add_argument("--beam-width", type=int, default=256)
     p.add_argument("--nproc", type=int, default=2)
@@ -90,7 +93,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     spec = DATASETS[args.dataset]
     cold_by = args.cold_by or ("newest" if spec.timed else "random")
-    split = write_cold_start_data(src, data, args.cold_fraction, cold_by, args.seed)
+    split = write_cold_start_data(src, data, args.cold_fraction, cold_by, args.seed, args.warm_test_users)
     plan = Plan(out=out, data=data, quick=False, nproc=args.nproc, steps=args.steps,
                 eval_interval=max((args.steps or 400) // 4, 1) if args.steps else None, beam_width=args.beam_width,
                 dataset=spec)
@@ -185,7 +188,9 @@ def markdown(r: dict) -> str:
     s = r["split"]
     which = "newest" if s.get("cold_by", "newest") == "newest" else f"randomly chosen (seed {s['seed']})"
     lines = [f"# Cold start: {s['num_cold']} {which} items of {s['num_items']} held out of training "
-             f"({s['test_users_with_cold_target']} of {s['test_users']} test users have a cold target)", "",
+             f"({s['test_users_with_cold_target']} of {s['test_users']} test users have a cold target"
+             + (f"; the others are a seeded sample of {s['warm_test_users']}" if s.get("warm_test_users") else "")
+             + ")", "",
              "| model | cold users R@10 | cold users R@50 | warm users R@10 | warm users R@50 | all R@10 | "
              "all R@50 | cold share of top-10 | of top-50 |", "|---|---|---|---|---|---|---|---|---|"]
     for name, row in r["rows"].items():

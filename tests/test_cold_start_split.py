@@ -95,3 +95,18 @@ def test_rows_left_without_history_leave_train_and_valid():
     valid = valid.set_column(2, "timestamps", pa.array([[1, 2], [100]], pa.list_(pa.int64())))
     assert renumber(valid, split, drop_cold=True)["user_id"].to_pylist() == [0]
     assert renumber(valid, split, drop_cold=False)["user_id"].to_pylist() == [0, 1]
+
+
+def test_a_warm_test_sample_keeps_every_cold_target_user(tmp_path):
+    write_dataset(tmp_path / "data")
+    full = write_cold_start_data(tmp_path / "data", tmp_path / "full", 0.25)
+    write_cold_start_data(tmp_path / "data", tmp_path / "part", 0.25, warm_test_users=5, seed=1)
+    cold = pq.read_table(tmp_path / "full" / "test_cold.parquet")
+    part = pq.read_table(tmp_path / "part" / "test.parquet")
+    assert pq.read_table(tmp_path / "part" / "test_cold.parquet").equals(cold)
+    assert part.num_rows == cold.num_rows + 5 and pq.read_table(tmp_path / "part" / "test_warm.parquet").num_rows == 5
+    users = part["user_id"].to_pylist()
+    assert users == sorted(users)  # file order kept
+    assert pq.read_table(tmp_path / "part" / "test_warm_catalog.parquet")["user_id"].to_pylist() == \
+        [u for u in users if u in set(pq.read_table(tmp_path / "full" / "test_warm_catalog.parquet")["user_id"].to_pylist())]
+    assert full.num_warm == 15

@@ -81,10 +81,21 @@ def renumber(table: pa.Table, split: ColdSplit, drop_cold: bool, keep_cold_targe
     return pa.table(out)
 
 
-def write_cold_start_data(data: Path, out: Path, cold_fraction: float, by: str = "newest", seed: int = 0) -> ColdSplit:
+def sample_warm_targets(test: pa.Table, num_warm: int, users: int, seed: int) -> pa.Table:
+    """Every row whose target is cold and a seeded sample of `users` of the others (0: all), in file order."""
+    warm = np.flatnonzero(test["target"].to_numpy() < num_warm)
+    if not users or len(warm) <= users:
+        return test
+    drop = np.setdiff1d(warm, np.random.default_rng(seed).choice(warm, users, replace=False))
+    return test.filter(pa.array(~np.isin(np.arange(test.num_rows), drop)))
+
+
+def write_cold_start_data(data: Path, out: Path, cold_fraction: float, by: str = "newest", seed: int = 0,
+                          warm_test_users: int = 0) -> ColdSplit:
     """DATA (a prepared dataset) -> OUT: items (all, renumbered), items_warm / items_cold, train / valid without
-    cold items, test (full), test_cold / test_warm (rows whose target is / is not cold), test_warm_catalog (test
-    with cold items out of the histories), split.json."""
+    cold items, test (full histories; every cold-target user and `warm_test_users` of the others, 0 = all),
+    test_cold / test_warm (rows whose target is / is not cold), test_warm_catalog (test with cold items out of the
+    histories), split.json."""
     import json
 
     out.mkdir(parents=True, exist_ok=True)
@@ -99,16 +110,19 @@ def write_cold_start_data(data: Path, out: Path, cold_fraction: float, by: str =
     write_table_atomic(out / "items_cold.parquet", items.slice(split.num_warm))
     for name in ("train", "valid"):
         write_table_atomic(out / f"{name}.parquet", renumber(pq.read_table(data / f"{name}.parquet"), split, True))
-    test = renumber(pq.read_table(data / "test.parquet"), split, False)
+    test_rows = pq.read_table(data / "test.parquet")
+    test = sample_warm_targets(renumber(test_rows, split, False), split.num_warm, warm_test_users, seed)
     write_table_atomic(out / "test.parquet", test)
     # what a catalog without the new items can take: the same users and targets, cold items out of the histories
-    write_table_atomic(out / "test_warm_catalog.parquet",
-                       renumber(pq.read_table(data / "test.parquet"), split, True, keep_cold_targets=True))
+    warm_catalog = renumber(test_rows, split, True, keep_cold_targets=True)
+    warm_catalog = warm_catalog.filter(pc.is_in(warm_catalog["user_id"], value_set=test["user_id"]))
+    write_table_atomic(out / "test_warm_catalog.parquet", warm_catalog)
     cold_target = pc.greater_equal(test["target"], split.num_warm)
     write_table_atomic(out / "test_cold.parquet", test.filter(cold_target))
     write_table_atomic(out / "test_warm.parquet", test.filter(pc.invert(cold_target)))
     (out / "split.json").write_text(json.dumps({
-        "cold_fraction": cold_fraction, "cold_by": by, "seed": seed, "num_items": split.num_items, "num_warm": split.num_warm,
+        "cold_fraction": cold_fraction, "cold_by": by, "seed": seed, "warm_test_users": warm_test_users,
+        "num_items": split.num_items, "num_warm": split.num_warm,
         "num_cold": split.num_cold, "test_users": test.num_rows,
         "test_users_with_cold_target": int(pc.sum(cold_target).as_py()),
         "cold_first_interaction_from": int(split.first_time[split.new_id >= split.num_warm].min()),
