@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     cold_by = args.cold_by or ("newest" if spec.timed else "random")
     split = write_cold_start_data(src, data, args.cold_fraction, cold_by, args.seed, args.warm_test_users)
     plan = Plan(out=out, data=data, quick=False, nproc=args.nproc, steps=args.steps,
-                eval_interval=max((args.steps or 400) // 4, 1) if args.steps else None, beam_width=args.beam_width,
+                eval_interval=max(args.steps // 4, 1) if args.steps else None, beam_width=args.beam_width,
                 dataset=spec)
     run = Runner(plan, 2 + 6 + 2 + 2 + 2 + 6 * len(SUBSETS))
     warm_sids, grown_sids = data / "sids_warm", data / "sids_grown"

@@ -83,11 +83,12 @@ def renumber(table: pa.Table, split: ColdSplit, drop_cold: bool, keep_cold_targe
 
 def sample_warm_targets(test: pa.Table, num_warm: int, users: int, seed: int) -> pa.Table:
     """Every row whose target is cold and a seeded sample of `users` of the others (0: all), in file order."""
-    warm = np.flatnonzero(test["target"].to_numpy() < num_warm)
+    keep = test["target"].to_numpy() >= num_warm
+    warm = np.flatnonzero(~keep)
     if not users or len(warm) <= users:
         return test
-    drop = np.setdiff1d(warm, np.random.default_rng(seed).choice(warm, users, replace=False))
-    return test.filter(pa.array(~np.isin(np.arange(test.num_rows), drop)))
+    keep[np.random.default_rng(seed).choice(warm, users, replace=False)] = True
+    return test.filter(pa.array(keep))
 
 
 def write_cold_start_data(data: Path, out: Path, cold_fraction: float, by: str = "newest", seed: int = 0,
