@@ -131,7 +131,7 @@ def _mask_children(total: torch.Tensor, nodes: torch.Tensor, users: torch.Tensor
     total.view(B * W, C)[perm[pos[hit]], codes[hit]] = NEG_INF
 
 
-def _expand_step(index: PrefixIndex, logits: torch.Tensor, cum: torch.Tensor,
+def expand_step(index: PrefixIndex, logits: torch.Tensor, cum: torch.Tensor,
                  nodes: torch.Tensor, depth: int, width: int, exclude=None):
     """One constrained selection: logits [B, W, C] (consumed in place), cum/nodes [B, W] -> new beams."""
     B, W, C = logits.shape
@@ -175,7 +175,7 @@ def beam_search(model: EngineModel, index: PrefixIndex, bos_hidden: torch.Tensor
             pos = decode_position(history.lengths, depth - 1, H)
             hidden, cache = model.decode_step(tokens, pos, history, cache)
         logits = model.level_logits(hidden, depth)
-        cum, parent, codes, nodes = _expand_step(index, logits, cum, nodes, depth, widths[depth],
+        cum, parent, codes, nodes = expand_step(index, logits, cum, nodes, depth, widths[depth],
                                                  exclude[depth] if exclude is not None else None)
         if depth + 1 == keep_depth:
             kept = (nodes.clone(), cum.clone())

@@ -29,7 +29,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from sidgr.arch import ModelArch
 from sidgr.inference import beam as beam_mod
-from sidgr.inference.beam import _expand_step, beam_widths
+from sidgr.inference.beam import expand_step, beam_widths
 from sidgr.inference.random_engine import random_mapping, random_state_dict
 from sidgr.inference.engine import Engine
 from sidgr.inference.weights import EngineFiles
@@ -153,7 +153,7 @@ def _packed_chunk(engine: Engine, hist, widths):
         else:
             last = hidden[:, S:].reshape(B, W, d, -1)[:, :, -1]
         logits = model.level_logits(last, depth)
-        cum, parent, codes, nodes = _expand_step(index, logits, cum, nodes, depth, widths[depth])
+        cum, parent, codes, nodes = expand_step(index, logits, cum, nodes, depth, widths[depth])
         gen = torch.cat([gen.gather(1, parent.unsqueeze(-1).expand(-1, -1, d)),
                          (codes + arch.level_offsets[depth]).unsqueeze(-1)], 2)
     return nodes, cum

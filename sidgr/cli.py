@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("sidgr.evaluate_cli", "Item-level Recall/NDCG/HitRate/MRR with bootstrap CIs for ranked candidates."),
     "score-items": ("sidgr.training.item_scoring", "Full-catalog candidates of an item-level model (SASRec-CE, SID-input)."),
     "baseline": ("sidgr.baselines", "Non-learned baselines (popularity) in the candidates format."),
+    "lm": ("sidgr.lm.cli", "A small language model that speaks semantic IDs: train, recommend, eval, chat."),
     "report": ("sidgr.report", "Comparison table with CIs and plots (training curves, recall vs beam width)."),
 }
 

@@ -73,7 +73,8 @@ def run(cfgs: dict, resume: bool) -> dict:
     if not restarted:
         check_start(tcfg.run_dir, resume)
 
-    from sidgr.training.run_log import MetricsLog, Throughput, WandbRun, peak_memory_mb
+    from sidgr.run_records import MetricsLog, WandbRun
+    from sidgr.training.run_log import Throughput, peak_memory_mb
     from sidgr.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
     from sidgr.training.dist import init_distributed, seed_everything, teardown
     from sidgr.training.loader import SequenceLoader
