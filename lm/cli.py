@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ev = sub.add_parser("eval", help="SID->title, title->SID and instruction-following accuracy",
                         formatter_class=HelpFormatter)
     ev.add_argument("--out", required=True, help="output directory (lm_eval.json)")
-    ev.add_argument("--max-items", type=int, default=0, help="trained items scored (0: all)")
+    ev.add_argument("--max-items", type=int, default=0, help="items scored of each kind, trained and held-out (0: all)")
     ev.add_argument("--max-users", type=int, default=300, help="test users asked a genre instruction")
     chat = sub.add_parser("chat", help="one prompt: free text, or --items N catalog items",
                           formatter_class=HelpFormatter)
@@ -133,7 +133,7 @@ def _evaluate(args, cfg, model, renderer, data, index, paths) -> int:
     held = heldout_items(data.catalog.num_items, cfg.heldout_item_fraction, cfg.seed)
     trained = np.setdiff1d(np.arange(data.catalog.num_items), held)
     if args.max_items:
-        trained = trained[:args.max_items]
+        trained, held = trained[:args.max_items], held[:args.max_items]
     report = {
         "sid_to_title": {"trained": sid_to_title_accuracy(model, renderer, trained),
                          "heldout": sid_to_title_accuracy(model, renderer, held)},

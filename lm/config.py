@@ -25,7 +25,8 @@ class LMConfig:
     item_noun: str = "movie"  # how prompts name an item ("movie", "product")
     # ---- tasks (rendered afresh each epoch from `seed`)
     history_items: int = 20  # items per next-item window (every item after the first is a target)
-    instructions_per_user: int = 1  # genre-constrained next-item examples per user per epoch
+    windows_per_user: int = 2  # history windows per user per epoch
+    instructions: bool = True  # the first window of a user ends with a genre instruction and its answer
     catalog_repeats: int = 2  # SID <-> title examples per item per epoch (each direction)
     heldout_item_fraction: float = 0.05  # items whose SID <-> title pairs never appear in training text
     # ---- training: stage 1 trains only the new token rows, stage 2 every weight
@@ -60,7 +61,7 @@ def load_lm_config(config_file: str | None, overrides=()) -> LMConfig:
     parse_gin(config_file, overrides, ("LMConfig",), "language model")
     cfg = LMConfig()
     check_types(cfg, config_file or "<bindings>")
-    for name in ("stage2_steps", "rows_per_step", "seq_len", "history_items", "beam_width", "top_k",
+    for name in ("stage2_steps", "windows_per_user", "rows_per_step", "seq_len", "history_items", "beam_width", "top_k",
                  "select_beam_width", "eval_batch_users", "checkpoint_every"):
         if getattr(cfg, name) < 1:
             raise input_error(config_file or "<bindings>", f"LMConfig.{name}", getattr(cfg, name), "must be >= 1")

@@ -1,8 +1,8 @@
 """The LM's language-side measurements (`sidgr lm eval`):
   SID -> title: greedy free text, exact match with the item's name, on trained and on held-out items;
   title -> SID: top-1 of the constrained SID beam (width 5) is the item, on trained and on held-out items;
-  instructions: for test users, "Recommend a <genre> movie:" with a seeded genre (among genres with >= 20
-  items); the share of top-1 and top-10 answers (history excluded) that carry the genre, beside the same share in
+  instructions: for test users, an instruction (a seeded one of INSTRUCTIONS) with a seeded genre (among genres
+  with >= 20 items); the share of top-1 and top-10 answers (history excluded) that carry the genre, beside the same share in
   the plain recommendations for the same users (what the instruction changes)."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from sidgr.sid.prefix_index import PrefixIndex
 
 from .generate import greedy_text, sid_beam
 from .recommend import recommend_users
-from .tasks import TaskRenderer
+from .tasks import INSTRUCTIONS, TaskRenderer
 
 
 def sid_to_title_accuracy(model, renderer: TaskRenderer, items: np.ndarray, batch: int = 32) -> dict:
@@ -54,6 +54,7 @@ def instruction_share(model, renderer: TaskRenderer, index: PrefixIndex, paths: 
         return {"users": 0, "note": "the catalog has no genres"}
     rng = np.random.default_rng([seed, 11])
     asked = [choices[int(i)] for i in rng.integers(len(choices), size=len(users.user_ids))]
+    templates = [int(t) for t in rng.integers(len(INSTRUCTIONS), size=len(users.user_ids))]
 
     def share(ranked, k):
         ok = total = 0
@@ -65,7 +66,7 @@ def instruction_share(model, renderer: TaskRenderer, index: PrefixIndex, paths: 
         return ok / max(total, 1)
 
     told = recommend_users(model, renderer, renderer.vocab, index, paths, users, 10, 10, history_items,
-                           batch_users, genres=asked)
+                           batch_users, genres=asked, templates=templates)
     plain = recommend_users(model, renderer, renderer.vocab, index, paths, users, 10, 10, history_items,
                             batch_users)
     return {"users": len(asked), "genres": choices,

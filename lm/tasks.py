@@ -4,8 +4,9 @@ An example is token ids plus, per token, how it is learned as a target: NO_LOSS,
 vocabulary) or 1 + h (softmax over level h's code tokens only, which is also how generation scores them).
 Tasks:
   history      "A user's movies, oldest first:" + items; every code of every item after the first is a target
-               (each position is a next-item prediction, as in SASRec's training).
-  instruction  history + "Recommend a Comedy movie:" + the next item of that genre in the user's train sequence.
+               (each position is a next-item prediction, as in SASRec's training); the user's first window of an
+               epoch may end with an instruction: one of INSTRUCTIONS ("Recommend a Comedy movie:", ...) + the
+               next item of that genre in the user's train sequence (sharing the history's tokens).
   sid->title   "Movie <sid> is titled:" + " Toy Story (1995)" + end of text.
   title->sid   "The movie titled Toy Story (1995) is:" + <sid>.
 Only train.parquet sequences are used, so no valid or test target appears in training text (leave-one-out), and
@@ -22,6 +23,8 @@ from .vocab import SidVocab
 
 NO_LOSS = -1
 TEXT = 0
+INSTRUCTIONS = ("\nRecommend a {genre} {noun}:", "\nSomething like these, but a {genre} {noun}:",
+                "\nNext, a {genre} {noun} they would enjoy:")
 
 
 @dataclass
@@ -87,14 +90,16 @@ class TaskRenderer:
         return ids, kinds
 
     # ---- training examples
-    def history_example(self, items) -> Example:
-        return Example(*self._history(items, learn=True))
-
-    def instruction_example(self, items, genre: str, target: int) -> Example:
-        ids, kinds = self._history(items)
-        ask = self.text(self.instruction_text(genre))
-        t_ids, t_kinds = self._item(int(target), target=True)
-        return Example(ids + list(ask) + t_ids, kinds + [NO_LOSS] * len(ask) + t_kinds)
+    def history_example(self, items, instruction: tuple[str, int, int] | None = None) -> Example:
+        """A window whose every item after the first is a target; instruction = (genre, target item, template)
+        appends the request and its answer."""
+        ids, kinds = self._history(items, learn=True)
+        if instruction is not None:
+            genre, target, template = instruction
+            ask = self.text(self.instruction_text(genre, template))
+            t_ids, t_kinds = self._item(int(target), target=True)
+            ids, kinds = ids + list(ask) + t_ids, kinds + [NO_LOSS] * len(ask) + t_kinds
+        return Example(ids, kinds)
 
     def sid_to_title_example(self, pid: int) -> Example:
         prompt = self.sid_to_title_prompt(pid)
@@ -107,17 +112,17 @@ class TaskRenderer:
         return Example(prompt + t_ids, [NO_LOSS] * len(prompt) + t_kinds)
 
     # ---- prompts (generation continues after them)
-    def instruction_text(self, genre: str) -> str:
-        return f"\nRecommend a {genre} {self.noun}:"
+    def instruction_text(self, genre: str, template: int = 0) -> str:
+        return INSTRUCTIONS[template].format(genre=genre, noun=self.noun)
 
     def title_to_sid_text(self, pid: int) -> str:
         return f"The {self.noun} titled {self.catalog.names[pid]} is:"
 
-    def recommend_prompt(self, history, genre: str | None = None) -> list[int]:
+    def recommend_prompt(self, history, genre: str | None = None, template: int = 0) -> list[int]:
         """History (and an optional genre instruction) followed by the begin token the SID beam continues."""
         ids, _ = self._history(history)
         if genre is not None:
-            ids += list(self.text(self.instruction_text(genre)))
+            ids += list(self.text(self.instruction_text(genre, template)))
         return ids + [self.vocab.begin_id]
 
     def sid_to_title_prompt(self, pid: int) -> list[int]:
@@ -134,26 +139,26 @@ def genre_targets(seq: np.ndarray, cut: int, genres: list[list[str]], lookahead:
 
 
 def epoch_examples(renderer: TaskRenderer, sequences: list[np.ndarray], seed: int, epoch: int,
-                   history_items: int, instructions_per_user: int, catalog_repeats: int,
+                   history_items: int, windows_per_user: int, instructions: bool, catalog_repeats: int,
                    catalog_items: np.ndarray) -> list[Example]:
-    """One epoch's examples in a seeded shuffled order: a random history window per user (windows end anywhere,
-    so over epochs every train interaction is a target), genre instructions, and the catalog tasks."""
+    """One epoch's examples in a seeded shuffled order: random history windows per user (windows end anywhere,
+    so over epochs every train interaction is a target), the first one with a genre instruction when the user's
+    sequence has a genre item soon after it, and the catalog tasks."""
     rng = np.random.default_rng([seed, epoch])
     genres = renderer.catalog.genres
     out: list[Example] = []
     for seq in sequences:
         if len(seq) < 2:
             continue
-        end = int(rng.integers(2, len(seq) + 1))
-        out.append(renderer.history_example(seq[max(0, end - history_items):end]))
-        for _ in range(instructions_per_user):
-            cut = int(rng.integers(1, len(seq)))
-            targets = genre_targets(seq, cut, genres)
-            if not targets:
-                continue
-            target = targets[int(rng.integers(len(targets)))]
-            genre = genres[target][int(rng.integers(len(genres[target])))]
-            out.append(renderer.instruction_example(seq[max(0, cut - history_items):cut], genre, target))
+        for w in range(windows_per_user):
+            end = int(rng.integers(2, len(seq) + 1))
+            instruction = None
+            targets = genre_targets(seq, end, genres) if instructions and w == 0 else []
+            if targets:
+                target = targets[int(rng.integers(len(targets)))]
+                genre = genres[target][int(rng.integers(len(genres[target])))]
+                instruction = (genre, target, int(rng.integers(len(INSTRUCTIONS))))
+            out.append(renderer.history_example(seq[max(0, end - history_items):end], instruction))
     for _ in range(catalog_repeats):
         out += [renderer.sid_to_title_example(int(p)) for p in catalog_items]
         out += [renderer.title_to_sid_example(int(p)) for p in catalog_items]

@@ -45,7 +45,7 @@ class BatchStream:
     def _build(self, epoch: int):
         cfg = self.cfg
         examples = epoch_examples(self.renderer, self.data.train, cfg.seed, epoch, cfg.history_items,
-                                  cfg.instructions_per_user, cfg.catalog_repeats, self.catalog_items)
+                                  cfg.windows_per_user, cfg.instructions, cfg.catalog_repeats, self.catalog_items)
         return pack(examples, cfg.seq_len, self.renderer.tok.pad_token_id)
 
     def next(self):
@@ -77,7 +77,7 @@ def stage_optimizer(model, first_new_token: int, stage: int, cfg: LMConfig):
         emb._sid_hook.remove()
         emb._sid_hook = None
     if stage == 1:
-        keep = torch.zeros(emb.shape[0], 1)
+        keep = torch.zeros(emb.shape[0], 1, device=emb.device)
         keep[first_new_token:] = 1.0
         emb._sid_hook = emb.register_hook(lambda g: g * keep.to(g.dtype))
         return torch.optim.AdamW([emb], lr=cfg.stage1_lr, weight_decay=0.0)

@@ -21,7 +21,7 @@ from sidgr.lm.data import load_lm_data  # noqa: E402
 from sidgr.lm.generate import recommend, sid_beam  # noqa: E402
 from sidgr.lm.loss import lm_loss  # noqa: E402
 from sidgr.lm.model import add_sid_tokens, load_base  # noqa: E402
-from sidgr.lm.tasks import NO_LOSS, TEXT, TaskRenderer, collate, epoch_examples, heldout_items, pack  # noqa: E402
+from sidgr.lm.tasks import INSTRUCTIONS, NO_LOSS, TEXT, TaskRenderer, collate, epoch_examples, heldout_items, pack  # noqa: E402
 from sidgr.sid.prefix_index import PrefixIndex  # noqa: E402
 
 
@@ -78,30 +78,35 @@ def test_task_text_holds_only_train_interactions_and_never_a_heldout_items_title
     item_rows = {tuple(vocab.item_tokens(data.catalog.sids[p:p + 1])[0].tolist()): p
                  for p in range(data.catalog.num_items)}
     width = len(SIZES) + 2
+    seen = {"instructed": 0, "catalog": 0}
     for epoch in range(3):
-        for ex in epoch_examples(renderer, data.train, 1234, epoch, 6, 1, 1, kept):
+        for ex in epoch_examples(renderer, data.train, 1234, epoch, 6, 2, True, 1, kept):
             text = tok.decode(ex.ids)
             assert not any(data.catalog.names[p] in text for p in held), text
             ids = ex.ids
             items = [item_rows[tuple(ids[i:i + width])] for i in range(len(ids) - width + 1)
                      if ids[i] == vocab.begin_id]
             if text.startswith("A user's"):  # a window of one user's train sequence (+ a later item of it)
-                instructed = "Recommend a" in text
+                instructed = any(t.split("{")[0] in text for t in INSTRUCTIONS)
                 window = items[:-1] if instructed else items
                 owners = [(u, s) for u, seq in enumerate(data.train) for s in range(len(seq))
                           if list(seq[s:s + len(window)]) == window]
                 assert owners, window
                 if instructed:
                     assert any(items[-1] in data.train[u][s + len(window):] for u, s in owners)
+                    seen["instructed"] += 1
+            else:
+                seen["catalog"] += 1
             # a target (kind != NO_LOSS) is a code token or, in SID->title, the title text
             assert all(k == NO_LOSS or k == TEXT or 1 <= k <= len(SIZES) for k in ex.kinds)
+    assert seen["instructed"] > 0 and seen["catalog"] == 3 * 2 * len(kept)
 
 
 def test_packed_rows_score_exactly_like_each_example_alone(tiny):
     data, model, tok, vocab, renderer = build(tiny)
     model.eval()
     kept = np.arange(data.catalog.num_items)
-    examples = epoch_examples(renderer, data.train, 5, 0, 6, 1, 1, kept)[:12]
+    examples = epoch_examples(renderer, data.train, 5, 0, 6, 1, True, 1, kept)[:12]
     rows = pack(examples, 160, tok.pad_token_id)
     assert sum(len(r[0]) for r in rows) == sum(len(e) for e in examples)  # nothing lost or duplicated
     assert len(rows) < len(examples) and all(len(r[0]) <= 160 for r in rows)
@@ -176,7 +181,7 @@ def test_stage_one_moves_only_the_new_token_rows(tiny):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = config(tiny, "unused", stage1_lr=1e-2)
     opt = stage_optimizer(model, vocab.begin_id, 1, cfg)
-    examples = epoch_examples(renderer, data.train, 1, 0, 6, 1, 1, np.arange(data.catalog.num_items))
+    examples = epoch_examples(renderer, data.train, 1, 0, 6, 1, True, 1, np.arange(data.catalog.num_items))
     for step in range(3):
         batch = collate(pack(examples[step * 4:(step + 1) * 4], 160, tok.pad_token_id), 160, tok.pad_token_id)
         hidden = model.model(input_ids=batch.input_ids, position_ids=batch.position_ids,
@@ -253,3 +258,14 @@ def test_chat_names_the_item_behind_a_generated_sid(tiny):
                   if int(index.lookup(torch.tensor([t]))[0]) < 0)
     fake = "<|sid_begin|>" + "".join(f"<|sid_{h}_{c}|>" for h, c in enumerate(unused)) + "<|sid_end|>"
     assert annotate_sids(fake, renderer, index).endswith("[not an item]")
+
+
+def test_the_shipped_config_parses_and_refuses_trainer_bindings():
+    from sidgr.errors import InputError
+    from sidgr.lm.config import load_lm_config
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    cfg = load_lm_config(str(root / "lm_ml100k.gin"), ["LMConfig.stage2_steps=7"])
+    assert cfg.stage2_steps == 7 and cfg.item_noun == "movie" and cfg.precision == "bf16"
+    with pytest.raises(InputError, match="TrainerConfig"):
+        load_lm_config(str(root / "lm_ml100k.gin"), ["TrainerConfig.train_steps=3"])

@@ -32,7 +32,7 @@ def test_binding_of_a_configurable_the_trainer_never_builds_is_an_error():
 def test_config_files_parse_and_bind_every_dataclass():
     from sidgr.training.config import load_configs
 
-    names = sorted(p.stem for p in (REPO / "configs").glob("*.gin"))
+    names = sorted(p.stem for p in (REPO / "configs").glob("*.gin") if not p.stem.startswith("lm_"))  # LM: test_lm
     assert {"tiny_ci", "ml100k", "beauty", "beauty_sasrec", "ml1m_sidinput", "synth_large"} <= set(names)
     for name in names:
         cfgs = load_configs(str(REPO / "configs" / f"{name}.gin"), ["ModelConfig.num_layers = 3"])
