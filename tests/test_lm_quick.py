@@ -41,14 +41,14 @@ def test_table_compares_the_lm_with_popularity(quick):
     mean, low, high = map(float, re.findall(r"[+-]\d\.\d{4}", paired))
     assert low <= mean <= high
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["quick"] and summary["wall_seconds"] > 0 and summary["best"]["step"] in (4, 6)
+    assert summary["quick"] and summary["wall_seconds"] > 0 and summary["best"]["step"] == 6
 
 
 def test_recommendations_are_distinct_catalog_items_outside_the_history(quick):
     out, data = quick
     cands = pq.read_table(out / "lm" / "test_candidates.parquet").to_pylist()
     history = {r["user_id"]: set(r["item_ids"]) for r in pq.read_table(data / "test.parquet").to_pylist()}
-    assert len(cands) == 64
+    assert len(cands) == 32
     for row in cands:
         items = row["item_ids"]
         assert len(items) == 50 and len(set(items)) == 50

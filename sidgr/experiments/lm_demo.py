@@ -18,10 +18,10 @@ from sidgr.experiments.datasets import DATASETS
 from sidgr.experiments.demo import tokenize
 from sidgr.experiments.pipeline import Plan, Runner, evaluate, popularity, sidgr
 
-QUICK = ["LMConfig.stage1_steps=2", "LMConfig.stage2_steps=4", "LMConfig.checkpoint_every=2",
+QUICK = ["LMConfig.stage1_steps=2", "LMConfig.stage2_steps=4", "LMConfig.checkpoint_every=4",
          "LMConfig.rows_per_step=2", "LMConfig.warmup_steps=1", "LMConfig.max_users=32", "LMConfig.log_interval=1",
          "LMConfig.wandb='disabled'"]
-QUICK_USERS, QUICK_ITEMS, QUICK_INSTRUCTED = 64, 32, 16
+QUICK_USERS, QUICK_ITEMS, QUICK_INSTRUCTED = 32, 32, 16
 
 
 def parse_args(argv=None) -> argparse.Namespace:
