@@ -20,7 +20,10 @@ def parse_gin(config_file: str | None, bindings, built: tuple[str, ...], user: s
     check_override_values(source, bindings)
     gin.clear_config()
     try:
-        gin.parse_config_files_and_bindings([config_file] if config_file else [], list(bindings))
+        # not finalized: a locked config would refuse configurables registered later in the same process (a test
+        # session that parses a trainer config, then imports the LM)
+        gin.parse_config_files_and_bindings([config_file] if config_file else [], list(bindings),
+                                            finalize_config=False)
     except (ValueError, SyntaxError) as err:  # gin's message is multi-line; its first line names the problem
         raise input_error(source, "gin", " ".join(bindings) or config_file,
                           str(err).strip().splitlines()[0]) from None

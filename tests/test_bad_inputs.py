@@ -191,6 +191,14 @@ CASES = [
                                        "{w}/test.parquet", "--out", "{w}/s.parquet"], "nope"),
     ("export-embeddings-checkpoint-missing", ["export-embeddings", "--checkpoint", "{w}/nope", "--items",
                                               "{w}/items.parquet", "--out", "{w}/e.npy"], "nope"),
+    # lm (caught before any model is loaded)
+    ("lm-config-missing", ["lm", "train", "--config", "{w}/nope.gin"], "nope.gin"),
+    ("lm-gin-unquoted-string", ["lm", "train", "--config", "configs/lm_ml100k.gin", "LMConfig.precision=bf16"],
+     "needs quotes"),
+    ("lm-run-dir-not-ours", ["lm", "train", "--config", "configs/lm_ml100k.gin", "LMConfig.run_dir='{w}/kept'"],
+     "kept"),
+    ("lm-recommend-not-an-lm-run", ["lm", "recommend", "--run", "{w}/kept", "--sequences", "{w}/test.parquet",
+                                    "--out", "{w}/l.parquet"], "kept"),
     ("baseline-train-csv", ["baseline", "popularity", "--train", "{w}/table.csv", "--sequences", "{w}/test.parquet",
                             "--items", "{w}/items.parquet", "--out", "{w}/b.parquet"], "cannot open as parquet"),
 ]
