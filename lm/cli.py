@@ -83,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_lm_config(args.config, args.overrides)
         train(cfg, resume=args.resume)
         return 0
+    if args.what == "recommend":
+        _check_recommend_args(args)
     cfg, model, renderer, data = _load_run(args.run)
     index, paths = _engine_parts(data)
     device = pick_device()
@@ -95,6 +97,18 @@ def run(args: argparse.Namespace) -> int:
         return _chat(args, model, renderer, data, index, paths)
 
 
+def _check_recommend_args(args) -> None:
+    """Before the model loads: the numbers, the output path and the sequences file."""
+    from sidgr.data.readers import open_parquet
+    from sidgr.io import check_output
+
+    for name in ("k", "beam", "max_users"):
+        if getattr(args, name) < (1 if name == "k" else 0):
+            raise input_error(f"--{name.replace('_', '-')}", name, getattr(args, name), "out of range")
+    check_output(Path(args.out), is_dir=False)
+    open_parquet(args.sequences, ["user_id", "item_ids"])
+
+
 def _recommend(args, cfg, model, renderer, data, index, paths) -> int:
     import numpy as np
 
@@ -102,9 +116,6 @@ def _recommend(args, cfg, model, renderer, data, index, paths) -> int:
     from sidgr.data.sequences import SequenceBatch
 
     from .recommend import candidates_of, recommend_users
-
-    if args.k < 1:
-        raise input_error("--k", "k", args.k, "must be >= 1")
     genres = sorted({g for gs in data.catalog.genres for g in gs})
     if args.genre is not None and args.genre not in genres:
         raise input_error("--genre", "genre", args.genre, f"not a catalog genre ({', '.join(genres) or 'none'})")
