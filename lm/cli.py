@@ -113,17 +113,15 @@ def _recommend(args, cfg, model, renderer, data, index, paths) -> int:
     import numpy as np
 
     from sidgr.data.readers import read_sequences, write_candidates
-    from sidgr.data.sequences import SequenceBatch
 
+    from .data import first_users
     from .recommend import candidates_of, recommend_users
     genres = sorted({g for gs in data.catalog.genres for g in gs})
     if args.genre is not None and args.genre not in genres:
         raise input_error("--genre", "genre", args.genre, f"not a catalog genre ({', '.join(genres) or 'none'})")
     users = read_sequences(args.sequences, with_timestamps=False, with_target=False,
                            num_items=data.catalog.num_items, require_history=True)
-    if args.max_users and args.max_users < len(users.user_ids):
-        keep = np.arange(args.max_users)
-        users = SequenceBatch(users.user_ids[keep], users.items.take(keep))
+    users = first_users(users, args.max_users)
     asked = None if args.genre is None else [args.genre] * len(users.user_ids)
     ranked = recommend_users(model, renderer, renderer.vocab, index, paths, users, args.beam or cfg.beam_width,
                              args.k, cfg.history_items, cfg.eval_batch_users, genres=asked,

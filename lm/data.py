@@ -23,12 +23,17 @@ class LMData:
 
     def split(self, name: str, max_users: int = 0) -> SequenceBatch:
         """valid or test: history + target per user (the first `max_users` when > 0)."""
-        batch = read_sequences(self.data_dir / f"{name}.parquet", with_timestamps=False,
-                               num_items=self.catalog.num_items)
-        if max_users and max_users < len(batch.user_ids):
-            keep = np.arange(max_users)
-            batch = SequenceBatch(batch.user_ids[keep], batch.items.take(keep), None, batch.targets.take(keep))
+        return first_users(read_sequences(self.data_dir / f"{name}.parquet", with_timestamps=False,
+                                          num_items=self.catalog.num_items), max_users)
+
+
+def first_users(batch: SequenceBatch, n: int) -> SequenceBatch:
+    """The first n user rows (all when n is 0 or not smaller)."""
+    if not n or n >= len(batch.user_ids):
         return batch
+    keep = np.arange(n)
+    targets = batch.targets.take(keep) if batch.targets is not None else None
+    return SequenceBatch(batch.user_ids[keep], batch.items.take(keep), None, targets)
 
 
 def load_lm_data(data_dir, sids) -> LMData:

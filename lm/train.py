@@ -102,9 +102,13 @@ def prune_checkpoints(run: Path, keep: set[str]) -> None:
             shutil.rmtree(ckpt)
 
 
-def valid_recall(model, renderer, vocab, index, paths, data: LMData, cfg: LMConfig, device) -> float:
+def selection_users(data: LMData, cfg: LMConfig):
+    """The valid users every checkpoint is scored on (read once per run)."""
     limits = [n for n in (cfg.max_users, cfg.select_users) if n > 0]
-    split = data.split("valid", min(limits) if limits else 0)
+    return data.split("valid", min(limits) if limits else 0)
+
+
+def valid_recall(model, renderer, vocab, index, paths, split, cfg: LMConfig, device) -> float:
     with autocast(cfg.precision, device):
         ranked = recommend_users(model, renderer, vocab, index, paths, split, cfg.select_beam_width, 10,
                                  cfg.history_items, cfg.eval_batch_users, progress=False)
@@ -155,6 +159,7 @@ def train(cfg: LMConfig, resume: bool = False) -> Path:
                          state["epoch"], state["batch"])
     index = PrefixIndex.build(data.mapping)
     paths = ItemPaths.build(index, data.catalog.num_items)
+    valid = selection_users(data, cfg)
 
     step, total = state["step"], cfg.stage1_steps + cfg.stage2_steps
     stage = 1 if step < cfg.stage1_steps else 2
@@ -184,7 +189,7 @@ def train(cfg: LMConfig, resume: bool = False) -> Path:
         at_checkpoint = stage == 2 and ((step - cfg.stage1_steps) % cfg.checkpoint_every == 0 or step == total)
         if at_checkpoint:  # score on valid, then save; the end of stage 1 is a resume point, not a candidate
             model.eval()
-            record["valid_recall@10"] = valid_recall(model, renderer, vocab, index, paths, data, cfg, device)
+            record["valid_recall@10"] = valid_recall(model, renderer, vocab, index, paths, valid, cfg, device)
             model.train()
             log.info(f"step {step}: valid Recall@10 {record['valid_recall@10']:.4f}")
             if state["best_recall"] is None or record["valid_recall@10"] > state["best_recall"]:
