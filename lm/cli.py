@@ -110,8 +110,6 @@ def _check_recommend_args(args) -> None:
 
 
 def _recommend(args, cfg, model, renderer, data, index, paths) -> int:
-    import numpy as np
-
     from sidgr.data.readers import read_sequences, write_candidates
 
     from .data import first_users
