@@ -38,6 +38,7 @@ class RetrievalParams:
     batch_size: int
     new_items: str = "model"
     dense_weight: float | None = None  # None: the engine's trained weight (see Engine.retrieve)
+    dense_candidates: int | None = None  # the dense score's top items joining the beam's (see Engine.retrieve)
 
 
 def retrieve_file(engine: Engine, engine_dir, sequences, out, params: RetrievalParams,
@@ -63,7 +64,7 @@ def retrieve_file(engine: Engine, engine_dir, sequences, out, params: RetrievalP
                 continue
             histories = [torch.from_numpy(batch.items.row(u)) for u in range(batch.num_users)]
             ranked = engine.retrieve(histories, params.k, params.widths, params.exclude_history, params.exact,
-                                     params.new_items, params.dense_weight)
+                                     params.new_items, params.dense_weight, params.dense_candidates)
             write_candidates(part, Candidates(batch.user_ids, *ranked.to_ragged()))
             written += 1
             if written == fail_after:

@@ -12,9 +12,9 @@ from sidgr.errors import input_error
 from sidgr.token_layout import prefill_layout
 from sidgr.sid.prefix_index import PrefixIndex
 
-from .beam import (ItemPaths, Ranked, backoff_candidates, beam_search, beam_widths, fully_seen_prefixes,
-                   history_pairs, rank_items)
-from .exact import exact_top_leaves
+from .beam import (NEG_INF, ItemPaths, Ranked, backoff_candidates, beam_search, beam_widths, fully_seen_prefixes,
+                   history_pairs, rank_items, sorted_topk)
+from .exact import exact_top_leaves, item_sid_scores
 from .model import EngineModel
 from .weights import EngineFiles, load_engine
 
@@ -44,8 +44,12 @@ class Engine:
             return self.model.embedding.item_vectors(codes, torch.arange(self.mapping.num_items))
 
     def dense_weight(self, weight: float | None) -> float:
-        """The weight of the dense item-level score in the ranking: `weight`, or (None) the trained one."""
-        weight = self.arch.dense_weight if weight is None else float(weight)
+        """The weight of the dense item-level score in the ranking: `weight`, or (None) the engine's default (the
+        arch's retrieval_dense_weight, else the trained weight)."""
+        if weight is None:
+            weight = self.arch.dense_weight if self.arch.retrieval_dense_weight is None else \
+                self.arch.retrieval_dense_weight
+        weight = float(weight)
         if weight < 0:
             raise input_error("retrieve", "dense_weight", weight, "must be >= 0")
         if weight > 0 and self.item_table is None:
@@ -106,7 +110,7 @@ class Engine:
     @torch.no_grad()
     def retrieve(self, histories: list[torch.Tensor], k: int, widths: int | list[int],
                  exclude_history: bool = False, exact: bool = False, new_items: str = "model",
-                 dense_weight: float | None = None) -> Ranked:
+                 dense_weight: float | None = None, dense_candidates: int | None = None) -> Ranked:
         """Top-k catalog items for each history (item ids, time order; the last max_history are used).
 
         widths: the beam width (int) or one width per level; k must not exceed the last one. exclude_history:
@@ -117,7 +121,10 @@ class Engine:
         of depth `backoff_depth` as an average item of its prefix (`backoff_candidates`; beam search only).
         dense_weight: a model trained with the dense item-level score ranks the candidates by SID log-likelihood +
         dense_weight * that score (None: the weight it was trained with; 0: by SID alone); with beam search the
-        candidates are the beam's items, with exact every item.
+        candidates are the beam's items, with exact every item. dense_candidates = M (beam search with the dense
+        score; None: the final beam width): the M items the dense score ranks highest (history excluded when it
+        is) join the beam's candidates, each scored by its SID log-likelihood (teacher-forced) + the weighted dense
+        score; the beam's items alone can miss items the sum would rank first.
         Only real catalog items come out; users with fewer reachable items get -1 padding."""
         if new_items not in ("model", "backoff"):
             raise input_error("retrieve", "new_items", new_items, "expected 'model' or 'backoff'")
@@ -136,14 +143,34 @@ class Engine:
             leaves, scores = exact_top_leaves(self.model, self.index, bos_hidden, cache, keep)
             return rank_items(self.index, leaves, scores, k, seen, bonus=bonus)
         ws = beam_widths(widths, self.arch.num_levels)
+        if dense_candidates is None:
+            dense_candidates = ws[-1] if bonus is not None else 0
+        if dense_candidates < 0 or (dense_candidates and bonus is None):
+            raise input_error("retrieve", "dense_candidates", dense_candidates,
+                              "must be >= 0, and > 0 needs the dense item-level score (a dense weight > 0)")
         if k > ws[-1]:
             raise input_error("retrieve", "k", k, f"larger than the final beam width {ws[-1]}")
         exclude = fully_seen_prefixes(self.index, self.paths, *seen) if seen is not None else None
+        dense = self.dense_top_items(bos_hidden, cache, bonus, seen, dense_candidates) if dense_candidates else None
         if new_items == "model" or not self.new_items.numel():
             leaves, scores = beam_search(self.model, self.index, bos_hidden, cache, ws, exclude)
-            return rank_items(self.index, leaves, scores, k, seen, bonus=bonus)
+            return rank_items(self.index, leaves, scores, k, seen, dense, self.paths.nodes[-1], bonus)
         d = self.backoff_depth
         leaves, scores, prefixes, prefix_scores = beam_search(self.model, self.index, bos_hidden, cache, ws,
                                                               exclude, keep_depth=d)
         extra = backoff_candidates(self.paths, self.new_items, d, prefixes, prefix_scores)
+        if dense is not None:
+            extra = tuple(torch.cat([a, b]) for a, b in zip(extra, dense))
         return rank_items(self.index, leaves, scores, k, seen, extra, self.paths.nodes[-1], bonus)
+
+    def dense_top_items(self, bos_hidden: torch.Tensor, cache, bonus: torch.Tensor, seen, m: int):
+        """The m items of each user the dense score ranks highest (`seen` pairs excluded), with their SID
+        log-likelihoods: (user rows, items, scores) candidates for `rank_items`."""
+        dense = bonus.clone()
+        if seen is not None:
+            dense[seen] = NEG_INF
+        vals, items = sorted_topk(dense, min(m, dense.shape[1]))
+        sid = item_sid_scores(self.model, bos_hidden, cache, self.mapping.codes.t()[items].to(torch.int64))
+        live = torch.isfinite(vals)
+        users = torch.arange(items.shape[0]).unsqueeze(1).expand_as(items)
+        return users[live], items[live], sid[live]

@@ -66,3 +66,21 @@ def exact_top_leaves(model: EngineModel, index: PrefixIndex, bos_hidden: torch.T
         vals, idx = sorted_topk(all_s, min(keep, all_s.shape[1]))
         best_s, best_l = vals, all_l.gather(1, idx)
     return best_l, best_s
+
+
+@torch.no_grad()
+def item_sid_scores(model: EngineModel, bos_hidden: torch.Tensor, history: HistoryCache,
+                    codes: torch.Tensor) -> torch.Tensor:
+    """[B, M] SID log-likelihoods of given items by teacher forcing: codes [B, M, H] (per-level, not offset) are
+    M items per user, each decoded as its own beam over the shared history cache (the beam's level log-softmax,
+    no catalog renormalisation, so a beam-found item gets the same score)."""
+    arch = model.arch
+    H = arch.num_levels
+    logp = model.level_log_probs(bos_hidden, 0)  # [B, C_0]
+    scores = logp.gather(1, codes[:, :, 0])
+    cache = BeamCache()
+    for depth in range(1, H):
+        tokens = codes[:, :, depth - 1] + arch.level_offsets[depth - 1]
+        hidden, cache = model.decode_step(tokens, decode_position(history.lengths, depth - 1, H), history, cache)
+        scores = scores + model.level_log_probs(hidden, depth).gather(2, codes[:, :, depth:depth + 1]).squeeze(2)
+    return scores

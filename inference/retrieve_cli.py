@@ -31,6 +31,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dense-weight", type=float, default=None,
                    help="a model trained with ModelConfig.dense_weight: rank by SID log-likelihood + this * its "
                         "item-level log-probability (default: the trained weight; 0: SID alone)")
+    p.add_argument("--dense-candidates", type=int, default=None,
+                   help="with the dense score: also rank its top M items (teacher-forced SID log-likelihood + "
+                        "dense) beside the beam's, so the ranking is not limited to what the beam found "
+                        "(default: the final beam width; 0: the beam's items only)")
     p.add_argument("--batch-size", type=int, default=64, help="users per batch")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--nproc", type=int, default=1,
@@ -71,9 +75,12 @@ def run(args) -> int:
         raise input_error("--k", "k", args.k, f"larger than the final beam width {widths[-1]}")
     if args.exact and args.new_items == "backoff":
         raise input_error("--new-items", "new_items", args.new_items, "backoff scoring needs beam search, not --exact")
-    engine.dense_weight(args.dense_weight)  # a bad weight: one line now, before any decoding
+    weight = engine.dense_weight(args.dense_weight)  # a bad weight: one line now, before any decoding
+    if args.dense_candidates is not None and (args.dense_candidates < 0 or (args.dense_candidates and not weight)):
+        raise input_error("--dense-candidates", "dense_candidates", args.dense_candidates,
+                          "must be >= 0, and > 0 needs the dense item-level score (a dense weight > 0)")
     params = RetrievalParams(args.k, widths, not args.include_history, args.exact, args.batch_size, args.new_items,
-                             args.dense_weight)
+                             args.dense_weight, args.dense_candidates)
     if (args.nproc > 1 or args.nnodes > 1) and not under_torchrun():  # checked here: one line, not a banner
         cmd = [*torchrun_prefix(args), "-m", "sidgr.cli", *worker_argv(args.command_argv)]
         sys.stdout.flush()

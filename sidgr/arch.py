@@ -38,6 +38,9 @@ class ModelArch:
     # (tied to the history's ITEM tokens), weighted by this in the training loss and added, times this, to each
     # candidate's SID log-likelihood by the engine (`Engine.dense_bonus`)
     dense_weight: float = 0.0
+    # the engine's default weight of the dense score at retrieval (None: dense_weight), chosen on validation: the
+    # loss weight that trains the model best need not be the ranking weight that retrieves best
+    retrieval_dense_weight: float | None = None
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
@@ -54,6 +57,9 @@ class ModelArch:
         if self.dense_weight < 0 or (self.dense_weight > 0 and not self.item_parts):
             raise ValueError(f"dense_weight={self.dense_weight}: must be >= 0, and > 0 needs ITEM-token history "
                              f"(the item vectors are the ITEM tokens'), not history={self.history!r}")
+        if self.retrieval_dense_weight is not None and (self.retrieval_dense_weight < 0 or not self.dense_weight):
+            raise ValueError(f"retrieval_dense_weight={self.retrieval_dense_weight}: must be >= 0, and needs a model "
+                             f"trained with the dense score (dense_weight > 0, got {self.dense_weight})")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"hidden_size={self.hidden_size} not divisible by num_attention_heads="
                              f"{self.num_attention_heads}")

@@ -1,5 +1,6 @@
 """`sidgr retrieve`: output contract, resume after a failure == uninterrupted run, one-line errors, no partial files."""
 import json
+from dataclasses import replace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -8,6 +9,7 @@ import torch
 
 from sidgr.arch import ModelArch
 from sidgr.cli import main
+from sidgr.errors import InputError
 from sidgr.inference.random_engine import random_mapping, random_state_dict
 from sidgr.inference.engine import Engine
 from sidgr.inference.batch_retrieval import FAIL_AFTER_ENV
@@ -225,6 +227,39 @@ def test_dense_score_is_added_to_each_candidates_sid_likelihood(tmp_path):
     default = engine.retrieve(hist, 20, [8, 48, 100], exclude_history=True)  # the trained weight, 0.5
     assert torch.equal(default.items, engine.retrieve(hist, 20, [8, 48, 100], exclude_history=True,
                                                       dense_weight=0.5).items)
+    tuned = replace(arch, retrieval_dense_weight=3.0)  # a ranking weight chosen on validation rides in the engine
+    save_engine(tmp_path / "tuned", tuned, random_state_dict(arch, 3), mapping)
+    default = Engine.load(tmp_path / "tuned").retrieve(hist, 20, [8, 48, 100], exclude_history=True)
+    assert torch.equal(default.items, engine.retrieve(hist, 20, [8, 48, 100], exclude_history=True,
+                                                      dense_weight=3.0).items)
+
+
+
+def test_dense_candidates_join_the_beam_and_rank_as_exact_would(tmp_path):
+    """`dense_candidates` = M: the dense score's top M unseen items are scored by teacher-forced SID
+    log-likelihood + the dense term beside a narrow beam's items. With M = every item the ranking equals the exact
+    one (scores included); the narrow beam alone misses some of exact's top items; the history stays excluded."""
+    arch = ModelArch(codebook_sizes=SIZES, hidden_size=32, num_layers=2, num_attention_heads=4, ffn_hidden_size=64,
+                     max_items=10, history="rqsum", dense_weight=1.0)
+    mapping = random_mapping(N_ITEMS, list(SIZES), 5)
+    save_engine(tmp_path / "engine", arch, random_state_dict(arch, 5), mapping)
+    engine = Engine.load(tmp_path / "engine")
+    g = torch.Generator().manual_seed(2)
+    hist = [torch.randint(N_ITEMS, (int(n),), generator=g) for n in torch.randint(1, 9, (8,), generator=g)]
+    exact = engine.retrieve(hist, 10, 1, exclude_history=True, exact=True, dense_weight=3.0)
+    narrow = engine.retrieve(hist, 10, [2, 4, 10], exclude_history=True, dense_weight=3.0, dense_candidates=0)
+    both = engine.retrieve(hist, 10, [2, 4, 10], exclude_history=True, dense_weight=3.0, dense_candidates=N_ITEMS)
+    assert not torch.equal(narrow.items, exact.items)
+    assert torch.equal(both.items, exact.items) and torch.allclose(both.scores, exact.scores, atol=1e-5)
+    default = engine.retrieve(hist, 10, [2, 4, 10], exclude_history=True, dense_weight=3.0)  # M = final width
+    assert torch.equal(default.items, engine.retrieve(hist, 10, [2, 4, 10], exclude_history=True, dense_weight=3.0,
+                                                      dense_candidates=10).items)
+    some = engine.retrieve(hist, 10, [2, 4, 10], exclude_history=True, dense_weight=3.0, dense_candidates=5)
+    for b, h in enumerate(hist):
+        assert not set(h.tolist()) & set(some.items[b].tolist())
+        assert bool((some.scores[b][:-1] >= some.scores[b][1:]).all())
+    with pytest.raises(InputError, match="dense_candidates"):
+        engine.retrieve(hist, 10, 10, dense_weight=0.0, dense_candidates=5)
 
 
 @pytest.mark.dist

@@ -62,6 +62,8 @@ class ModelConfig:
     # ITEM vector (a full softmax over items, tied to the history's item vectors; LIGER-style), with this weight in
     # the loss; the engine then ranks candidates by SID log-likelihood + this * the item-level log-probability
     dense_weight: float = 0.0
+    # the engine's default ranking weight of that score (None: dense_weight); tuned on validation after training
+    retrieval_dense_weight: float | None = None
     codebook_sizes: tuple = ()  # () = take them from the SID mapping; else must match it
     dropout: float = 0.1  # embedding, attention and hidden dropout
     layernorm_epsilon: float = 1e-5
@@ -106,7 +108,7 @@ def model_arch(model: ModelConfig, codebook_sizes, max_items: int, mapping=None)
                      num_layers=model.num_layers, num_attention_heads=model.num_attention_heads,
                      ffn_hidden_size=model.ffn_hidden_size, max_items=max_items, head_mode=model.head_mode,
                      layernorm_epsilon=model.layernorm_epsilon, history=model.history,
-                     dense_weight=model.dense_weight, **tables)
+                     dense_weight=model.dense_weight, retrieval_dense_weight=model.retrieval_dense_weight, **tables)
 
 
 def check_parallel_layout(model: ModelConfig, parallel: ParallelConfig, global_batch_size: int, nproc: int,
@@ -125,6 +127,9 @@ def check_parallel_layout(model: ModelConfig, parallel: ParallelConfig, global_b
         (model.dense_weight >= 0, "ModelConfig.dense_weight", model.dense_weight, "must be >= 0"),
         (model.kind == "item" or model.dense_weight == 0 or model.history != "codes", "ModelConfig.dense_weight",
          model.dense_weight, "needs ITEM-token history (ModelConfig.history other than 'codes')"),
+        (model.retrieval_dense_weight is None or (model.retrieval_dense_weight >= 0 and model.dense_weight > 0)
+         or model.kind == "item", "ModelConfig.retrieval_dense_weight", model.retrieval_dense_weight,
+         "must be >= 0, and needs ModelConfig.dense_weight > 0"),
     ]
     for ok, name, value, why in checks:
         if not ok:
