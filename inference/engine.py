@@ -132,36 +132,62 @@ class Engine:
             raise input_error("retrieve", "new_items", new_items, "backoff scoring needs beam search, not --exact")
         histories = [torch.as_tensor(h, dtype=torch.int64).reshape(-1) for h in histories]
         self.check_histories(histories)
+        weight = self.dense_weight(dense_weight)
+        if not exact:
+            return self.beam_ranked(histories, k, widths, [weight] if weight else None, exclude_history, new_items,
+                                    dense_candidates)[0]
         bos_hidden, cache = self.prefill(histories)
-        bonus = self.dense_bonus(bos_hidden, dense_weight)
+        bonus = self.dense_bonus(bos_hidden, weight)
         seen = history_pairs(histories) if exclude_history else None
-        if exact:
-            # k leaves hold >= k items; each excluded history item can remove at most one leaf
-            keep = k + (max(len(torch.unique(h)) for h in histories) if exclude_history else 0)
-            if bonus is not None:  # any leaf may win once the item-level score is added
-                keep = self.index.num_nodes(self.arch.num_levels)
-            leaves, scores = exact_top_leaves(self.model, self.index, bos_hidden, cache, keep)
-            return rank_items(self.index, leaves, scores, k, seen, bonus=bonus)
+        # k leaves hold >= k items; each excluded history item can remove at most one leaf
+        keep = k + (max(len(torch.unique(h)) for h in histories) if exclude_history else 0)
+        if bonus is not None:  # any leaf may win once the item-level score is added
+            keep = self.index.num_nodes(self.arch.num_levels)
+        leaves, scores = exact_top_leaves(self.model, self.index, bos_hidden, cache, keep)
+        return rank_items(self.index, leaves, scores, k, seen, bonus=bonus)
+
+    @torch.no_grad()
+    def retrieve_at_weights(self, histories: list[torch.Tensor], k: int, widths: int | list[int],
+                            weights: list[float], exclude_history: bool = False,
+                            dense_candidates: int | None = None) -> list[Ranked]:
+        """`retrieve` (beam search) at several dense weights > 0 from one decoding, one Ranked per weight: the
+        candidates (the beam's items and the dense score's top items) do not depend on the weight, only their
+        order does. For choosing ModelConfig.retrieval_dense_weight on validation (scripts/tune_dense_weight.py)."""
+        for w in weights:
+            if self.dense_weight(w) <= 0:
+                raise input_error("retrieve", "dense_weight", w, "must be > 0 here (0 ranks the beam's items alone)")
+        histories = [torch.as_tensor(h, dtype=torch.int64).reshape(-1) for h in histories]
+        self.check_histories(histories)
+        return self.beam_ranked(histories, k, widths, [float(w) for w in weights], exclude_history, "model",
+                                dense_candidates)
+
+    def beam_ranked(self, histories: list[torch.Tensor], k: int, widths, weights: list[float] | None,
+                    exclude_history: bool, new_items: str, dense_candidates: int | None) -> list[Ranked]:
+        """Beam search (+ the dense score's top items, + new items' backoff), ranked once per dense weight
+        (weights None: by SID alone, one Ranked)."""
         ws = beam_widths(widths, self.arch.num_levels)
         if dense_candidates is None:
-            dense_candidates = ws[-1] if bonus is not None else 0
-        if dense_candidates < 0 or (dense_candidates and bonus is None):
+            dense_candidates = ws[-1] if weights else 0
+        if dense_candidates < 0 or (dense_candidates and not weights):
             raise input_error("retrieve", "dense_candidates", dense_candidates,
                               "must be >= 0, and > 0 needs the dense item-level score (a dense weight > 0)")
         if k > ws[-1]:
             raise input_error("retrieve", "k", k, f"larger than the final beam width {ws[-1]}")
+        bos_hidden, cache = self.prefill(histories)
+        logp = self.dense_bonus(bos_hidden, 1.0) if weights else None
+        seen = history_pairs(histories) if exclude_history else None
         exclude = fully_seen_prefixes(self.index, self.paths, *seen) if seen is not None else None
-        dense = self.dense_top_items(bos_hidden, cache, bonus, seen, dense_candidates) if dense_candidates else None
+        extra = self.dense_top_items(bos_hidden, cache, logp, seen, dense_candidates) if dense_candidates else None
         if new_items == "model" or not self.new_items.numel():
             leaves, scores = beam_search(self.model, self.index, bos_hidden, cache, ws, exclude)
-            return rank_items(self.index, leaves, scores, k, seen, dense, self.paths.nodes[-1], bonus)
-        d = self.backoff_depth
-        leaves, scores, prefixes, prefix_scores = beam_search(self.model, self.index, bos_hidden, cache, ws,
-                                                              exclude, keep_depth=d)
-        extra = backoff_candidates(self.paths, self.new_items, d, prefixes, prefix_scores)
-        if dense is not None:
-            extra = tuple(torch.cat([a, b]) for a, b in zip(extra, dense))
-        return rank_items(self.index, leaves, scores, k, seen, extra, self.paths.nodes[-1], bonus)
+        else:
+            d = self.backoff_depth
+            leaves, scores, prefixes, prefix_scores = beam_search(self.model, self.index, bos_hidden, cache, ws,
+                                                                  exclude, keep_depth=d)
+            backoff = backoff_candidates(self.paths, self.new_items, d, prefixes, prefix_scores)
+            extra = backoff if extra is None else tuple(torch.cat([a, b]) for a, b in zip(backoff, extra))
+        return [rank_items(self.index, leaves, scores, k, seen, extra, self.paths.nodes[-1],
+                           None if logp is None else logp * w) for w in (weights or [None])]
 
     def dense_top_items(self, bos_hidden: torch.Tensor, cache, bonus: torch.Tensor, seen, m: int):
         """The m items of each user the dense score ranks highest (`seen` pairs excluded), with their SID

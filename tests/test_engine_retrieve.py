@@ -260,6 +260,14 @@ def test_dense_candidates_join_the_beam_and_rank_as_exact_would(tmp_path):
         assert bool((some.scores[b][:-1] >= some.scores[b][1:]).all())
     with pytest.raises(InputError, match="dense_candidates"):
         engine.retrieve(hist, 10, 10, dense_weight=0.0, dense_candidates=5)
+    # one decoding ranked at several weights == one retrieve per weight (how the ranking weight is tuned)
+    for m in (0, 5):
+        swept = engine.retrieve_at_weights(hist, 10, [2, 4, 10], [0.5, 3.0, 50.0], True, m)
+        for w, ranked in zip([0.5, 3.0, 50.0], swept):
+            one = engine.retrieve(hist, 10, [2, 4, 10], exclude_history=True, dense_weight=w, dense_candidates=m)
+            assert torch.equal(ranked.items, one.items) and torch.equal(ranked.scores, one.scores)
+    with pytest.raises(InputError, match="dense_weight"):
+        engine.retrieve_at_weights(hist, 10, 10, [1.0, 0.0])
 
 
 @pytest.mark.dist
