@@ -196,17 +196,22 @@ def test_kill9_mid_way_then_rerun_equals_uninterrupted_run(setup):
     assert not parts.exists()
 
 
+def dense_engine(tmp_path, dense_weight: float, seed: int, users: int):
+    """A random-weight engine trained-as-if with the dense score ('rqsum' ITEM tokens) and `users` histories."""
+    arch = ModelArch(codebook_sizes=SIZES, hidden_size=32, num_layers=2, num_attention_heads=4, ffn_hidden_size=64,
+                     max_items=10, history="rqsum", dense_weight=dense_weight)
+    mapping = random_mapping(N_ITEMS, list(SIZES), seed)
+    save_engine(tmp_path / "engine", arch, random_state_dict(arch, seed), mapping)
+    g = torch.Generator().manual_seed(seed)
+    hist = [torch.randint(N_ITEMS, (int(n),), generator=g) for n in torch.randint(1, 9, (users,), generator=g)]
+    return arch, mapping, Engine.load(tmp_path / "engine"), hist
+
+
 def test_dense_score_is_added_to_each_candidates_sid_likelihood(tmp_path):
     """A model trained with the dense item-level score: each candidate's score is its SID log-likelihood +
     weight * log-softmax of the BOS state over every item's ITEM vector; beam and exact agree; weight 0 is the SID
     ranking; the history stays excluded."""
-    arch = ModelArch(codebook_sizes=SIZES, hidden_size=32, num_layers=2, num_attention_heads=4, ffn_hidden_size=64,
-                     max_items=10, history="rqsum", dense_weight=0.5)
-    mapping = random_mapping(N_ITEMS, list(SIZES), 3)
-    save_engine(tmp_path / "engine", arch, random_state_dict(arch, 3), mapping)
-    engine = Engine.load(tmp_path / "engine")
-    g = torch.Generator().manual_seed(1)
-    hist = [torch.randint(N_ITEMS, (int(n),), generator=g) for n in torch.randint(1, 9, (6,), generator=g)]
+    arch, mapping, engine, hist = dense_engine(tmp_path, 0.5, seed=3, users=6)
     sid = engine.retrieve(hist, N_ITEMS, 1, exact=True, dense_weight=0.0)
     bos, _ = engine.prefill(hist)
     codes = mapping.codes.t() + torch.tensor(arch.level_offsets)
@@ -239,13 +244,7 @@ def test_dense_candidates_join_the_beam_and_rank_as_exact_would(tmp_path):
     """`dense_candidates` = M: the dense score's top M unseen items are scored by teacher-forced SID
     log-likelihood + the dense term beside a narrow beam's items. With M = every item the ranking equals the exact
     one (scores included); the narrow beam alone misses some of exact's top items; the history stays excluded."""
-    arch = ModelArch(codebook_sizes=SIZES, hidden_size=32, num_layers=2, num_attention_heads=4, ffn_hidden_size=64,
-                     max_items=10, history="rqsum", dense_weight=1.0)
-    mapping = random_mapping(N_ITEMS, list(SIZES), 5)
-    save_engine(tmp_path / "engine", arch, random_state_dict(arch, 5), mapping)
-    engine = Engine.load(tmp_path / "engine")
-    g = torch.Generator().manual_seed(2)
-    hist = [torch.randint(N_ITEMS, (int(n),), generator=g) for n in torch.randint(1, 9, (8,), generator=g)]
+    _, _, engine, hist = dense_engine(tmp_path, 1.0, seed=5, users=8)
     exact = engine.retrieve(hist, 10, 1, exclude_history=True, exact=True, dense_weight=3.0)
     narrow = engine.retrieve(hist, 10, [2, 4, 10], exclude_history=True, dense_weight=3.0, dense_candidates=0)
     both = engine.retrieve(hist, 10, [2, 4, 10], exclude_history=True, dense_weight=3.0, dense_candidates=N_ITEMS)
