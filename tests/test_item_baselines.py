@@ -185,6 +185,20 @@ def test_tied_head_trains_the_same_under_tp2(synth):
     assert one["losses"][-1] < one["losses"][0]
 
 
+@pytest.mark.dist
+@pytest.mark.slow
+def test_cosine_scoring_trains_the_same_under_tp2(synth):
+    """`ModelConfig.item_temperature`: the vocab-parallel head scores cosine similarity / temperature; the query's
+    gradient must be all-reduced over TP ranks as ColumnParallelLinear does, so TP 2 follows TP 1's losses; the
+    losses differ from dot-product scoring and fall."""
+    env = {"ITEM_TRAIN_DROPOUT": "0", "ITEM_TRAIN_TEMPERATURE": "0.1"}
+    one, two = (_train(synth, "id", False, "12", tp, env) for tp in (1, 2))
+    np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-5)
+    assert one["losses"][-1] < one["losses"][0]
+    dot = _train(synth, "id", False, "12", 1, {"ITEM_TRAIN_DROPOUT": "0"})
+    assert abs(dot["losses"][0] - one["losses"][0]) > 1e-3
+
+
 def _grown_mapping(path: str, out: Path, new_items: int = 6) -> SIDMapping:
     """The catalog plus `new_items` items on free SIDs under existing prefixes (what `tokenize --extend` does)."""
     m = SIDMapping.load(path)

@@ -50,6 +50,9 @@ class ModelConfig:
     # kind='item' only: 'table' scores items with an output table of N rows; 'tied' with the items' input vectors
     # (as SASRec did): with item_input='rqsum' the model then has no per-item row and scores a grown catalog
     item_head: Literal["table", "tied"] = "table"
+    # kind='item' only: > 0 scores items by cosine similarity / this (L2-normalised query and item vectors, as the
+    # generative-recommenders SASRec trains), 0 by dot product
+    item_temperature: float = 0.0
     # shared: one head over all levels' codes, its softmax at level h restricted to level h's codes (training and
     # engine alike); per_level: one head per level
     head_mode: Literal["shared", "per_level"] = "shared"
@@ -125,6 +128,7 @@ def check_parallel_layout(model: ModelConfig, parallel: ParallelConfig, global_b
         (model.ffn_hidden_size % tp == 0, "ModelConfig.ffn_hidden_size", model.ffn_hidden_size,
          f"not divisible by ParallelConfig.tensor_parallel={tp}"),
         (model.dense_weight >= 0, "ModelConfig.dense_weight", model.dense_weight, "must be >= 0"),
+        (model.item_temperature >= 0, "ModelConfig.item_temperature", model.item_temperature, "must be >= 0"),
         (model.kind == "item" or model.dense_weight == 0 or model.history != "codes", "ModelConfig.dense_weight",
          model.dense_weight, "needs ITEM-token history (ModelConfig.history other than 'codes')"),
         (model.retrieval_dense_weight is None or (model.retrieval_dense_weight >= 0 and model.dense_weight > 0)

@@ -31,8 +31,8 @@ from sidgr.errors import input_error
 from sidgr.token_layout import IGNORE
 from sidgr.sid.mapping import SIDMapping, first_duplicate_items
 from sidgr.sid.prefix_index import PrefixIndex
-from sidgr.training.model import (PrefixTables, in_training_precision, layer_spec, padded_size, transformer_config,
-                                  vocab_slice_logits)
+from sidgr.training.model import (PrefixTables, in_training_precision, layer_spec, mask_padding, padded_size,
+                                  transformer_config, vocab_slice_logits)
 
 ITEM_INPUTS = ("id", "rqsum", "prefixn", "rqsum+id", "prefixn+id")
 ITEM_HEADS = ("table", "tied")
@@ -76,7 +76,8 @@ class ItemCatalog:
         return pids
 
 
-def item_arch(arch: ModelArch, catalog: ItemCatalog, item_input: str, item_head: str = "table") -> ModelArch:
+def item_arch(arch: ModelArch, catalog: ItemCatalog, item_input: str, item_head: str = "table",
+              temperature: float = 0.0) -> ModelArch:
     """The SID-GR arch record plus what identifies the item model (stored in arch.json's `extra`)."""
     from dataclasses import replace
 
@@ -88,7 +89,7 @@ def item_arch(arch: ModelArch, catalog: ItemCatalog, item_input: str, item_head:
     # softmax (configs may share one ModelConfig)
     return replace(arch, history="codes", num_items=0, prefix_counts=(), dense_weight=0.0,
                    retrieval_dense_weight=None,
-                   extra={"kind": "item", "item_input": item_input, "item_head": item_head,
+                   extra={"kind": "item", "item_input": item_input, "item_head": item_head, "temperature": temperature,
                           "num_items": catalog.num_items, "prefix_counts": list(catalog.prefix_counts)})
 
 
@@ -206,15 +207,17 @@ class ItemEmbedding(MegatronModule):
 
 class ItemSeqModel(MegatronModule):
     """`embedding`, `decoder` (Megatron TransformerBlock, final LayerNorm) and the output: `head` (vocab-parallel,
-    N items) or, tied, the items' input vectors (`item_head`)."""
+    N items) or, tied, the items' input vectors (`item_head`); dot products, or with `temperature` > 0 cosine
+    similarities / temperature."""
 
     def __init__(self, config: TransformerConfig, arch: ModelArch, catalog: ItemCatalog, item_input: str,
-                 vocab_pad_multiple: int = 8, item_head: str = "table"):
+                 vocab_pad_multiple: int = 8, item_head: str = "table", temperature: float = 0.0):
         super().__init__(config)
         if item_input not in ITEM_INPUTS:
             raise ValueError(f"item_input={item_input!r}: expected one of {ITEM_INPUTS}")
         self.arch, self.item_input, self.num_items = arch, item_input, catalog.num_items
         self.tied = item_head == "tied"
+        self.temperature = float(temperature)
         tp = config.tensor_model_parallel_size
         self.embedding = ItemEmbedding(config, arch, catalog, item_input, vocab_pad_multiple)
         self.decoder = TransformerBlock(config, layer_spec(), post_layer_norm=True)
@@ -236,8 +239,19 @@ class ItemSeqModel(MegatronModule):
         vocab-parallel tables)."""
         if self.tied:
             items = torch.arange(self.num_items, device=hidden.device)
-            return hidden.float() @ self.embedding.item_vectors(items).float().t()
-        return vocab_slice_logits(self.head, hidden, self.num_items)
+            return self.query(hidden) @ self.unit(self.embedding.item_vectors(items).float()).t()
+        if not self.temperature:
+            return vocab_slice_logits(self.head, hidden, self.num_items)
+        # what ColumnParallelLinear does with its input: identity forward, gradient all-reduced over TP ranks
+        query = tensor_parallel.copy_to_tensor_model_parallel_region(self.query(hidden))
+        return mask_padding(query @ self.unit(self.head.weight.float()).t(), self.num_items)
+
+    def unit(self, vectors: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(vectors, dim=-1) if self.temperature else vectors
+
+    def query(self, hidden: torch.Tensor) -> torch.Tensor:
+        """fp32 query vectors: the hidden states, or (cosine scoring) unit vectors / temperature."""
+        return self.unit(hidden.float()) / self.temperature if self.temperature else hidden.float()
 
     def full_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[n, hidden] -> [n, N] logits over the whole catalog (gathered over TP; for scoring, no gradient)."""
@@ -253,7 +267,7 @@ def build_item_model(model_cfg, arch: ModelArch, catalog: ItemCatalog, tp: int, 
     """The item model `arch.extra` describes (item_input, item_head) over `catalog`."""
     config = transformer_config(model_cfg, arch, tp)
     model = ItemSeqModel(config, arch, catalog, arch.extra["item_input"], model_cfg.vocab_pad_multiple,
-                         arch.extra.get("item_head", "table"))
+                         arch.extra.get("item_head", "table"), arch.extra.get("temperature", 0.0))
     return in_training_precision(model, config).to(device)
 
 

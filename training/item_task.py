@@ -48,15 +48,15 @@ def target_cross_entropy(logits: torch.Tensor, targets: np.ndarray) -> torch.Ten
 class ItemTask:
     """The item-level family (see `training/task.py` for the protocol)."""
 
-    def __init__(self, mapping: SIDMapping, item_input: str, item_head: str = "table"):
+    def __init__(self, mapping: SIDMapping, item_input: str, item_head: str = "table", temperature: float = 0.0):
         self.catalog = ItemCatalog.from_mapping(mapping)
-        self.item_input, self.item_head = item_input, item_head
+        self.item_input, self.item_head, self.temperature = item_input, item_head, temperature
         self.valid = None
         self.keep = None
 
     def arch(self, arch: ModelArch) -> ModelArch:
         self.keep = arch.max_items - 1
-        return item_arch(arch, self.catalog, self.item_input, self.item_head)
+        return item_arch(arch, self.catalog, self.item_input, self.item_head, self.temperature)
 
     def build(self, model_cfg, arch: ModelArch, tp: int, device) -> ItemSeqModel:
         return build_item_model(model_cfg, arch, self.catalog, tp, device)

@@ -193,7 +193,11 @@ def vocab_slice_logits(head: tensor_parallel.ColumnParallelLinear, hidden: torch
     """hidden [n, hidden] -> this TP rank's slice of a vocab-parallel head's logits in fp32, with the padding
     columns (>= real_size) masked so no softmax ever gives them mass."""
     logits, _ = head(hidden.unsqueeze(1))
-    logits = logits.squeeze(1).float()
+    return mask_padding(logits.squeeze(1).float(), real_size)
+
+
+def mask_padding(logits: torch.Tensor, real_size: int) -> torch.Tensor:
+    """This TP rank's vocab slice of logits [n, V_padded / TP] with the columns >= real_size at the fp32 minimum."""
     per_rank = logits.shape[-1]
     start = ps.get_tensor_model_parallel_rank() * per_rank
     if start + per_rank > real_size:

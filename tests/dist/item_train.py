@@ -5,7 +5,8 @@ as JSON.
 Usage: torchrun --standalone --nproc_per_node=N tests/dist/item_train.py DATA_DIR OUT.json ITEM_INPUT[:HEAD] STEPS
        [TP] [RUN_DIR]   (HEAD: ModelConfig.item_head, default 'table'; RUN_DIR: also save a trainer checkpoint
        there, and the test top-10 lists in OUT.json). ITEM_TRAIN_DROPOUT (env): the dropout, default 0.1 (TP
-       ranks draw dropout masks from their own streams: compare TP layouts at 0).
+       ranks draw dropout masks from their own streams: compare TP layouts at 0). ITEM_TRAIN_TEMPERATURE (env):
+       ModelConfig.item_temperature, default 0 (dot products).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def main(data_dir: str, out: str, item_input: str, steps: int, tp: int, run_dir:
 
     mapping = SIDMapping.load(f"{data_dir}/sids.json")
     item_input, _, item_head = item_input.partition(":")
-    task = ItemTask(mapping, item_input, item_head or "table")
+    task = ItemTask(mapping, item_input, item_head or "table", float(os.environ.get("ITEM_TRAIN_TEMPERATURE", "0")))
     mcfg = ModelConfig(hidden_size=32, num_layers=1, num_attention_heads=2, ffn_hidden_size=64,
                        dropout=float(os.environ.get("ITEM_TRAIN_DROPOUT", "0.1")))
     ocfg = OptimizerConfig(lr=5e-3, min_lr=5e-4, warmup_steps=10, weight_decay=0.0)
