@@ -167,6 +167,8 @@ CASES = [
      "batch_size"),
     ("retrieve-backoff-exact", [*RETRIEVE, "--sequences", "{w}/test.parquet", "--exact", "--new-items",
                                 "backoff"], "backoff"),
+    ("retrieve-dense-candidates-without-dense-score", [*RETRIEVE, "--sequences", "{w}/test.parquet",
+                                                       "--dense-candidates", "8"], "dense_candidates"),
     ("retrieve-out-is-a-dir", ["retrieve", "--engine", "{w}/engine", "--sequences", "{w}/test.parquet",
                                "--out", "{w}/kept"], "kept"),
     # evaluate
