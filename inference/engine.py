@@ -166,11 +166,7 @@ class Engine:
         """Beam search (+ the dense score's top items, + new items' backoff), ranked once per dense weight
         (weights None: by SID alone, one Ranked)."""
         ws = beam_widths(widths, self.arch.num_levels)
-        if dense_candidates is None:
-            dense_candidates = ws[-1] if weights else 0
-        if dense_candidates < 0 or (dense_candidates and not weights):
-            raise input_error("retrieve", "dense_candidates", dense_candidates,
-                              "must be >= 0, and > 0 needs the dense item-level score (a dense weight > 0)")
+        dense_candidates = self.dense_candidates(dense_candidates, ws[-1], bool(weights))
         if k > ws[-1]:
             raise input_error("retrieve", "k", k, f"larger than the final beam width {ws[-1]}")
         bos_hidden, cache = self.prefill(histories)
@@ -188,6 +184,17 @@ class Engine:
             extra = backoff if extra is None else tuple(torch.cat([a, b]) for a, b in zip(backoff, extra))
         return [rank_items(self.index, leaves, scores, k, seen, extra, self.paths.nodes[-1],
                            None if logp is None else logp * w) for w in (weights or [None])]
+
+    @staticmethod
+    def dense_candidates(m: int | None, final_width: int, weighted: bool, source="retrieve") -> int:
+        """How many of the dense score's top items join the beam's: `m`, or (None) the final beam width when the
+        ranking uses the dense score, else 0."""
+        if m is None:
+            return final_width if weighted else 0
+        if m < 0 or (m and not weighted):
+            raise input_error(source, "dense_candidates", m,
+                              "must be >= 0, and > 0 needs the dense item-level score (a dense weight > 0)")
+        return m
 
     def dense_top_items(self, bos_hidden: torch.Tensor, cache, bonus: torch.Tensor, seen, m: int):
         """The m items of each user the dense score ranks highest (`seen` pairs excluded), with their SID

@@ -76,9 +76,7 @@ def run(args) -> int:
     if args.exact and args.new_items == "backoff":
         raise input_error("--new-items", "new_items", args.new_items, "backoff scoring needs beam search, not --exact")
     weight = engine.dense_weight(args.dense_weight)  # a bad weight: one line now, before any decoding
-    if args.dense_candidates is not None and (args.dense_candidates < 0 or (args.dense_candidates and not weight)):
-        raise input_error("--dense-candidates", "dense_candidates", args.dense_candidates,
-                          "must be >= 0, and > 0 needs the dense item-level score (a dense weight > 0)")
+    engine.dense_candidates(args.dense_candidates, widths[-1], bool(weight), "--dense-candidates")
     params = RetrievalParams(args.k, widths, not args.include_history, args.exact, args.batch_size, args.new_items,
                              args.dense_weight, args.dense_candidates)
     if (args.nproc > 1 or args.nnodes > 1) and not under_torchrun():  # checked here: one line, not a banner
