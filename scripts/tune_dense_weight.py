@@ -17,10 +17,9 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from sidgr.data.ragged import Ragged, offsets_from_lengths
+from sidgr.data.ragged import Ragged
 from sidgr.data.readers import iter_sequence_batches, open_parquet
 from sidgr.inference.engine import Engine
 from sidgr.io import check_output
@@ -55,18 +54,13 @@ def sweep(engine: Engine, sequences: Path, width: int, ms: list[int], weights: l
         for m in ms:
             for w, ranked in zip(weights, engine.retrieve_at_weights(histories, k, width, weights, True, m)):
                 hits[(m, w)].append(ranked.to_ragged()[0])
-    target_all = concat(targets)
+    target_all = Ragged.concat(targets)
     rows = []
     for (m, w), parts in hits.items():
-        metrics = per_user_metrics(mark_candidates(concat(parts), target_all, engine.mapping.num_items), ks=(k,))
+        metrics = per_user_metrics(mark_candidates(Ragged.concat(parts), target_all, engine.mapping.num_items), ks=(k,))
         rows.append({"dense_candidates": m, "dense_weight": w, f"recall@{k}": float(metrics[f"recall@{k}"].mean()),
                      f"ndcg@{k}": float(metrics[f"ndcg@{k}"].mean()), "users": int(target_all.num_rows)})
     return rows
-
-
-def concat(parts: list[Ragged]) -> Ragged:
-    lengths = np.concatenate([p.lengths for p in parts])
-    return Ragged(np.concatenate([p.values for p in parts]), offsets_from_lengths(lengths))
 
 
 def main(argv=None) -> int:
