@@ -84,9 +84,23 @@ def collaborative_sids(run: Runner, plan: Plan, sasrec_checkpoint: Path) -> dict
 
 
 def stage_count(plan: Plan, trained: list[str]) -> int:
-    tokenized = len(plan.dataset.text_sids) + len(plan.dataset.collab_sids)
-    sweep = sum(w >= plan.k for w in plan.beam_sweep)
-    return 1 + 2 * tokenized + len(plan.dataset.collab_sids) + 2 + 2 * 3 + len(trained) * 3 + 2 + 2 * sweep + 3
+    spec = plan.dataset
+    sids = 1 + len(spec.text_sids) + 2 * len(spec.collab_sids)  # prepare, tokenize; export + tokenize
+    reads = len(plan.test_splits())
+    models = 1 + 2 + len(trained)  # popularity, the item models, SID-GR
+    tests = (2 + len(trained)) + models * 2 * reads  # trainings; candidates + evaluation per read
+    sweep = 2 + 2 * sum(w >= plan.k for w in plan.beam_sweep) + 1
+    return sids + tests + sweep + reads + 1  # a table per read, the curves
+
+
+def published_table(spec, ours: Path) -> str:
+    """The published rows of the dataset's benchmark, with their protocol, pointing at our table under it."""
+    metrics = list(dict.fromkeys(m for _, values in spec.published for m in values))
+    lines = [f"Published ({spec.published_protocol}); ours under this protocol: {ours / 'comparison.md'}", "",
+             "| published | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    lines += ["| " + name + " | " + " | ".join(f"{values[m]:.4f}" if m in values else "—" for m in metrics) + " |"
+              for name, values in spec.published]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
@@ -110,8 +124,14 @@ def main(argv=None) -> int:
 
     swept = spec.primary if spec.primary in args.sids else args.sids[0]
     beam = beam_vs_exact(run, plan, Path(selection[f"sidgr_{swept}"]["engine"]), swept)
-    table_runs = sum((["--run", f"{n}={d / 'test'}"] for n, d in rows.items()), [])
-    run("table", sidgr("report", "table", *table_runs, "--paired-baseline", "sasrec_ce", "--out", plan.out))
+    tables = {}
+    for split in plan.test_splits():
+        tables[split] = plan.out if split == "test" else plan.out / split
+        table_runs = sum((["--run", f"{n}={d / split}"] for n, d in rows.items()), [])
+        run("table" if split == "test" else f"table_{split}",
+            sidgr("report", "table", *table_runs, "--paired-baseline", "sasrec_ce", "--out", tables[split]))
+    if spec.published:
+        (plan.out / "published.md").write_text(published_table(spec, tables[spec.published_split]))
     logs = {n: d / "metrics.jsonl" for n, d in rows.items()}
     curves = {n: log for n, log in logs.items() if log.exists()}
     run("plot_curves", sidgr("report", "curves", *sum((["--run", f"{n}={f}"] for n, f in curves.items()), []),
@@ -122,7 +142,12 @@ def main(argv=None) -> int:
                "wall_seconds": time.perf_counter() - t_start, "selection": selection, "beam_vs_exact": beam,
                "stage_seconds": run.timings, "commands": run.commands}
     (plan.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print((plan.out / "comparison.md").read_text() if (plan.out / "comparison.md").exists() else "")
+    for split, where in tables.items():
+        if split != "test":
+            print(f"the same models, test histories cut to the published protocol's window ({split}):")
+        print((where / "comparison.md").read_text() if (where / "comparison.md").exists() else "")
+    if spec.published:
+        print((plan.out / "published.md").read_text())
     if spec.note:
         print(f"note ({spec.name}): {spec.note}")
     print(f"beam top-10 == exact top-10 (test users, SIDs {beam['tokenizer']}): "

@@ -44,6 +44,16 @@ class Plan:
         """The test users of the beam-vs-exact sweep (a seeded sample on big datasets)."""
         return split_sample(self.data, "test", self.dataset.sweep_users)
 
+    def test_splits(self) -> list[str]:
+        """Each model's test reads: the whole histories ("test"), and the published protocol's cut histories where
+        it reads fewer (ML-1M: "test_last200")."""
+        return list(dict.fromkeys(["test", self.dataset.published_split]))
+
+    def test_sequences(self, split: str) -> Path:
+        if split == "test":
+            return self.data / "test.parquet"
+        return last_items(self.data, "test", self.dataset.published_history)
+
 
 class Runner:
     """Runs one command per stage, logs it, and stops the demo with the log's tail when a stage fails."""
@@ -110,6 +120,25 @@ def split_sample(data: Path, split: str, users: int, seed: int = 0) -> Path:
     return out
 
 
+def last_items(data: Path, split: str, n: int) -> Path:
+    """SPLIT.parquet with every history cut to its last `n` items (targets unchanged), written once beside it: a
+    protocol that reads, and removes from the ranking, only the model's `n`-item input window."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sidgr.data.sequences import write_table_atomic
+
+    out = data / f"{split}_last{n}.parquet"
+    if not out.exists():
+        table = pq.read_table(data / f"{split}.parquet")
+        for column in ("item_ids", "timestamps"):
+            cut = [x[-n:] for x in table[column].to_pylist()]
+            table = table.set_column(table.schema.get_field_index(column), column,
+                                     pa.array(cut, type=table.schema.field(column).type))
+        write_table_atomic(out, table)
+    return out
+
+
 def checkpoints(run_dir: Path) -> list[Path]:
     return sorted((run_dir / "checkpoints").glob("iter_[0-9]*"))
 
@@ -152,11 +181,9 @@ def sid_gr(run: Runner, plan: Plan, method: str, mapping: Path) -> tuple[Path, d
     scores = train_and_score_on_valid(run, plan, f"sidgr_{method}", mapping)
     best = max(scores, key=lambda c: (scores[c], c))
     engine = run_dir / "selection" / "engines" / best
-    cands = run_dir / "test_candidates.parquet"
-    run(f"retrieve_test_sidgr_{method}", sidgr("retrieve", "--engine", engine, "--sequences",
-                                               plan.data / "test.parquet", "--out", cands, "--k", plan.k,
-                                               "--beam-width", plan.beam_width))
-    evaluate(run, plan, f"eval_test_sidgr_{method}", cands, "test", run_dir / "test", plan.bootstrap)
+    read_test(run, plan, f"sidgr_{method}", "retrieve", lambda seqs, out: sidgr(
+        "retrieve", "--engine", engine, "--sequences", seqs, "--out", out, "--k", plan.k,
+        "--beam-width", plan.beam_width))
     return run_dir, {"valid_recall@10_by_checkpoint": scores, "selected": best, "engine": str(engine)}
 
 
@@ -174,20 +201,27 @@ def item_baseline(run: Runner, plan: Plan, name: str, config: str, mapping: Path
     run_dir = plan.out / name
     scores = item_valid_scores(run, plan, name, config, mapping)
     best = max(scores, key=lambda c: (scores[c], c))
-    cands = run_dir / "test_candidates.parquet"
-    run(f"score_test_{name}", sidgr("score-items", "--checkpoint", run_dir / "checkpoints" / best,
-                                    "--sequences", plan.data / "test.parquet", "--out", cands, "--k", plan.k))
-    evaluate(run, plan, f"eval_test_{name}", cands, "test", run_dir / "test", plan.bootstrap)
+    read_test(run, plan, name, "score", lambda seqs, out: sidgr(
+        "score-items", "--checkpoint", run_dir / "checkpoints" / best, "--sequences", seqs, "--out", out,
+        "--k", plan.k))
     return run_dir, {"valid_recall@10_by_checkpoint": scores, "selected": best}
 
 
 def popularity(run: Runner, plan: Plan) -> Path:
-    run_dir = plan.out / "popularity"
-    cands = run_dir / "test_candidates.parquet"
-    run("popularity", sidgr("baseline", "popularity", "--train", plan.data / "train.parquet",
-                            "--sequences", plan.data / "test.parquet", "--items", plan.data / "items.parquet",
-                            "--out", cands, "--k", plan.k))
-    evaluate(run, plan, "eval_test_popularity", cands, "test", run_dir / "test", plan.bootstrap)
+    return read_test(run, plan, "popularity", "baseline", lambda seqs, out: sidgr(
+        "baseline", "popularity", "--train", plan.data / "train.parquet", "--sequences", seqs,
+        "--items", plan.data / "items.parquet", "--out", out, "--k", plan.k))
+
+
+def read_test(run: Runner, plan: Plan, name: str, verb: str, candidates) -> Path:
+    """A selected model's test reads, once per protocol (`Plan.test_splits`): `candidates(sequences, out)` is the
+    command writing OUT/name/SPLIT_candidates.parquet, evaluated into OUT/name/SPLIT."""
+    run_dir = plan.out / name
+    for split in plan.test_splits():
+        sequences = plan.test_sequences(split)
+        cands = run_dir / f"{split}_candidates.parquet"
+        run(f"{verb}_{split}_{name}", candidates(sequences, cands))
+        evaluate(run, plan, f"eval_{split}_{name}", cands, sequences, run_dir / split, plan.bootstrap)
     return run_dir
 
 
