@@ -85,6 +85,13 @@ def flag(argv, name):
     return argv[argv.index(name) + 1] if name in argv else None
 
 
+def test_progress_bar_counts_every_stage_that_ran(demo, summary):
+    from sidgr.experiments.demo import make_plan, parse_args, stage_count
+
+    plan = make_plan(parse_args(["--quick", "--out", str(demo), "--data", str(demo.parent / "data")]))
+    assert len(summary["stage_seconds"]) == len(summary["commands"]) == stage_count(plan, summary["sid_gr_rows"])
+
+
 def test_beam_top10_agrees_with_exact_at_the_widest_beam(summary):
     agreement = {int(w): v for w, v in summary["beam_vs_exact"]["top10_equal_to_exact"].items()}
     widest = max(agreement)
