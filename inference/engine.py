@@ -72,14 +72,17 @@ class Engine:
         """Items of history the positions can hold (the generated item takes the last item slot)."""
         return self.arch.max_items - 1
 
-    def check_histories(self, histories: list[torch.Tensor], source="histories") -> None:
-        """Every history non-empty and inside the engine's catalog (one-line InputError naming the row)."""
+    def checked_histories(self, histories, source="histories") -> list[torch.Tensor]:
+        """Histories as int64 item-id tensors, every one non-empty and inside the engine's catalog (one-line
+        InputError naming the row)."""
+        histories = [torch.as_tensor(h, dtype=torch.int64).reshape(-1) for h in histories]
         lengths = np.array([h.numel() for h in histories], dtype=np.int64)
         values = torch.cat(histories).numpy() if histories else np.zeros(0, np.int64)
         lists = Ragged(values, offsets_from_lengths(lengths))
         users = np.arange(len(histories), dtype=np.int64)
         check_nonempty(lists, source, "item_ids", users)
         check_in_catalog(lists, self.mapping.num_items, source, "item_ids", users)
+        return histories
 
     @torch.no_grad()
     def prefill(self, histories: list[torch.Tensor]):
@@ -130,8 +133,7 @@ class Engine:
             raise input_error("retrieve", "new_items", new_items, "expected 'model' or 'backoff'")
         if exact and new_items == "backoff":
             raise input_error("retrieve", "new_items", new_items, "backoff scoring needs beam search, not --exact")
-        histories = [torch.as_tensor(h, dtype=torch.int64).reshape(-1) for h in histories]
-        self.check_histories(histories)
+        histories = self.checked_histories(histories)
         weight = self.dense_weight(dense_weight)
         if not exact:
             return self.beam_ranked(histories, k, widths, [weight] if weight else None, exclude_history, new_items,
@@ -156,8 +158,7 @@ class Engine:
         for w in weights:
             if self.dense_weight(w) <= 0:
                 raise input_error("retrieve", "dense_weight", w, "must be > 0 here (0 ranks the beam's items alone)")
-        histories = [torch.as_tensor(h, dtype=torch.int64).reshape(-1) for h in histories]
-        self.check_histories(histories)
+        histories = self.checked_histories(histories)
         return self.beam_ranked(histories, k, widths, [float(w) for w in weights], exclude_history, "model",
                                 dense_candidates)
 
