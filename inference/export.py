@@ -19,7 +19,7 @@ from sidgr.arch import ModelArch
 from sidgr.errors import input_error
 from sidgr.io import check_output
 from sidgr.logs import get_logger
-from sidgr.run_layout import resolve_checkpoint
+from sidgr.run_layout import resolve_checkpoint, trained_mapping_path
 from sidgr.sid.mapping import SIDMapping
 
 from .weights import expected_shapes, is_engine_dir, save_engine
@@ -45,15 +45,7 @@ def read_arch(ckpt: Path) -> ModelArch:
 
 
 def read_mapping(ckpt: Path) -> SIDMapping:
-    path = ckpt / "mapping.json"
-    if not path.exists():
-        raise input_error(ckpt, "mapping.json", str(path), "missing: not a sidgr training checkpoint")
-    where = Path(json.loads(path.read_text())["path"])
-    candidates = [where] if where.is_absolute() else [Path.cwd() / where, ckpt / where]
-    for c in candidates:
-        if c.exists():
-            return SIDMapping.load(c)
-    raise input_error(path, "path", str(where), "the SID mapping the model was trained with does not exist")
+    return SIDMapping.load(trained_mapping_path(ckpt))
 
 
 def grown_mapping(path: Path, arch: ModelArch, trained: SIDMapping) -> SIDMapping:

@@ -4,6 +4,7 @@ RUN/checkpoints/iter_XXXXXXX/   one checkpoint; complete once renamed into place
                                 trainer_state.pt (a killed save leaves only a `.iter_*.tmp` temporary);
                                 manifest.json (written last) holds every file's size and sha256, so a file
                                 damaged later is found before it is loaded
+  mapping.json                  {"path": the SID mapping the model was trained with (absolute)}
 RUN/best.json                   the checkpoint the trainer selected on the validation target (select_best)
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ ITER_DIR = re.compile(r"^iter_(\d{7})$")
 TRAINER_STATE = "trainer_state.pt"
 BEST_FILE = "best.json"
 MANIFEST = "manifest.json"
+MAPPING_LOCATION = "mapping.json"
 
 
 def checkpoint_name(step: int) -> str:
@@ -35,6 +37,24 @@ def complete_checkpoints(run_dir) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted((p for p in root.iterdir() if is_complete(p)), key=lambda p: int(ITER_DIR.match(p.name).group(1)))
+
+
+def write_mapping_location(ckpt_dir, mapping_path) -> None:
+    (Path(ckpt_dir) / MAPPING_LOCATION).write_text(json.dumps({"path": str(Path(mapping_path).resolve())}) + "\n")
+
+
+def trained_mapping_path(ckpt) -> Path:
+    """The SID mapping a checkpoint was trained with (a relative record is read against the working directory,
+    then the checkpoint); one-line error when the record or the mapping is missing."""
+    ckpt = Path(ckpt)
+    record = ckpt / MAPPING_LOCATION
+    if not record.is_file():
+        raise input_error(ckpt, MAPPING_LOCATION, str(record), "missing: not a sidgr training checkpoint")
+    where = Path(json.loads(record.read_text())["path"])
+    for candidate in [where] if where.is_absolute() else [Path.cwd() / where, ckpt / where]:
+        if candidate.exists():
+            return candidate
+    raise input_error(record, "path", str(where), "the SID mapping the model was trained with does not exist")
 
 
 def _sha256(path: Path) -> str:

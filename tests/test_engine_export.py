@@ -136,3 +136,21 @@ def test_export_serves_a_grown_catalog_with_the_same_weights(tmp_path):
     SIDMapping(moved, list(SIZES), dict(trained.meta)).save(tmp_path / "moved")
     with pytest.raises(InputError, match="does not keep the SIDs"):
         export_checkpoint(ckpt, tmp_path / "engine2", tmp_path / "moved.json")
+
+
+def test_trained_mapping_record_resolves_relative_paths_and_names_what_is_missing(tmp_path, monkeypatch):
+    from sidgr.run_layout import trained_mapping_path, write_mapping_location
+
+    ckpt = tmp_path / "run" / "checkpoints" / "iter_0000001"
+    ckpt.mkdir(parents=True)
+    with pytest.raises(InputError, match="mapping.json.*missing: not a sidgr training checkpoint"):
+        trained_mapping_path(ckpt)
+    mapping = random_mapping(30, list(SIZES), 1).save(ckpt / "sids")
+    write_mapping_location(ckpt, mapping)
+    assert trained_mapping_path(ckpt) == mapping.resolve()
+    monkeypatch.chdir(tmp_path)  # a record written by hand, relative to the checkpoint
+    (ckpt / "mapping.json").write_text(json.dumps({"path": "sids.json"}))
+    assert trained_mapping_path(ckpt) == ckpt / "sids.json"
+    (ckpt / "mapping.json").write_text(json.dumps({"path": "gone/sids.json"}))
+    with pytest.raises(InputError, match="gone/sids.json.*does not exist"):
+        trained_mapping_path(ckpt)

@@ -21,7 +21,8 @@ from sidgr.arch import ModelArch
 from sidgr.errors import input_error
 from sidgr.io import atomic_path
 from sidgr.logs import get_logger
-from sidgr.run_layout import TRAINER_STATE, checkpoint_damage, complete_checkpoints, write_manifest
+from sidgr.run_layout import (TRAINER_STATE, checkpoint_damage, complete_checkpoints, write_manifest,
+                              write_mapping_location)
 
 # The distributed optimizer's state only reshards (TP/DP changes) in this format.
 _SHARDING_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
@@ -210,7 +211,7 @@ def save_checkpoint(run_dir, iteration: int, model, optimizer, scheduler, loader
                        tmp_dir / TRAINER_STATE)
             (tmp_dir / "config.gin").write_text(config_str)
             (tmp_dir / "arch.json").write_text(arch.to_json() + "\n")
-            (tmp_dir / "mapping.json").write_text(json.dumps({"path": str(Path(mapping_path).resolve())}) + "\n")
+            write_mapping_location(tmp_dir, mapping_path)
         dist.barrier()  # every rank's files written before rank 0 lists them and renames the directory into place
         if rank0:
             write_manifest(tmp_dir)

@@ -25,7 +25,7 @@ from pathlib import Path
 from sidgr.errors import InputError, input_error
 from sidgr.help_format import HelpFormatter
 from sidgr.logs import get_logger, progress_bar
-from sidgr.run_layout import resolve_checkpoint
+from sidgr.run_layout import resolve_checkpoint, trained_mapping_path
 
 
 def load_arch(ckpt: Path):
@@ -58,7 +58,7 @@ def load_catalog(ckpt: Path, mapping_path, arch):
     from sidgr.sid.mapping import SIDMapping
     from sidgr.training.item_model import ItemCatalog, scores_grown_catalog
 
-    trained_path = json.loads((ckpt / "mapping.json").read_text())["path"]
+    trained_path = trained_mapping_path(ckpt)
     source = mapping_path or trained_path
     mapping = SIDMapping.load(source)
     catalog = ItemCatalog.from_mapping(mapping)
