@@ -144,9 +144,11 @@ def visible_keys(history: torch.Tensor, is_bos: torch.Tensor, item_index: torch.
 
 
 def training_layout(sids: torch.Tensor, lengths: torch.Tensor, loss_mode: LossMode,
-                    level_offsets, history: str = "codes", pids: torch.Tensor | None = None) -> TokenBatch:
+                    level_offsets, history: str = "codes", pids: torch.Tensor | None = None,
+                    targets: int = 0) -> TokenBatch:
     """sids [B, L, H] right-padded items (pids [B, L] their ids, see build_layout), lengths [B] items per user
-    (>= 2)."""
+    (>= 2); targets ("all" mode, DataConfig.targets_per_window): only each row's last `targets` items are
+    predicted (0: every item after the first), the others are history only."""
     L = sids.shape[1]
     k = torch.arange(L).unsqueeze(0)
     n = lengths.unsqueeze(1)
@@ -154,7 +156,7 @@ def training_layout(sids: torch.Tensor, lengths: torch.Tensor, loss_mode: LossMo
     if loss_mode == "last":
         bos_present = k == n - 1
     elif loss_mode == "all":
-        bos_present = (k >= 1) & (k < n)
+        bos_present = (k >= 1) & (k < n) & (k >= n - targets if targets else True)
     else:
         raise ValueError(f"loss_mode={loss_mode!r}: expected 'last' or 'all'")
     return build_layout(sids, code_present, bos_present, level_offsets, history, pids)

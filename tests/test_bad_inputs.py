@@ -145,6 +145,9 @@ CASES = [
     ("train-run-dir-holds-a-run", [*TRAIN, "TrainerConfig.run_dir='{w}/old_run'"], "--resume"),
     ("train-run-dir-is-a-file", [*TRAIN, "TrainerConfig.run_dir='{w}/run_is_file'"], "not a directory"),
     ("train-nproc-zero", ["train", "--nproc", "0", "--config", "configs/tiny_ci.gin"], "nproc"),
+    ("train-targets-without-strided", [*TRAIN, "DataConfig.targets_per_window=2"], "targets_per_window=2"),
+    ("train-targets-with-last-loss", [*TRAIN, "DataConfig.windows='strided'", "DataConfig.targets_per_window=2",
+                                      "ModelConfig.loss_mode='last'"], "loss_mode='all'"),
     # export
     ("export-checkpoint-missing", ["export", "--checkpoint", "{w}/nope", "--out", "{w}/e"], "nope"),
     ("export-run-without-checkpoint", ["export", "--checkpoint", "{w}/old_run", "--out", "{w}/e"], "old_run"),

@@ -61,6 +61,9 @@ def test_next_item_layout_labels_and_mask():
     assert m[1].tolist() == [[False, True, True], [False, False, True], [False, True, False]]  # padding keys unseen
     last = next_item_layout(pids, lengths, "last")
     assert last.labels.tolist() == [[IGNORE, IGNORE, 8], [3, IGNORE, IGNORE]]
+    two = next_item_layout(pids, lengths, "all", targets=2)  # DataConfig.targets_per_window: the last 2 items
+    assert two.labels.tolist() == [[IGNORE, 7, 8], [3, IGNORE, IGNORE]]
+    assert torch.equal(two.pids, ib.pids) and torch.equal(two.attention_mask, ib.attention_mask)
     hist = history_layout(pids, lengths)
     assert hist.pids.tolist() == [[5, 6, 7, 8], [9, 3, 0, 0]] and hist.query.tolist() == [3, 1]
     assert (hist.labels == IGNORE).all()

@@ -271,6 +271,47 @@ def test_strided_windows_make_every_item_after_the_first_a_target_once(train_fil
     assert loader.num_users == rows and loader.num_batches == -(-rows // 12)
 
 
+@pytest.mark.parametrize("max_items,targets", [(6, 1), (6, 2), (4, 3), (9, 4)])
+def test_strided_windows_with_fewer_targets_keep_every_item_a_target_once(train_file, max_items, targets):
+    """DataConfig.targets_per_window = m: windows of up to max_items items end at n, n-m, …; their last m items
+    (the earliest window: every item after its first) are each user's items after the first, once each."""
+    c = cfg(windows="strided", max_items=max_items, targets_per_window=targets)
+    loader = SequenceLoader(train_file, make_mapping(), c, 0, 1, training=True)
+    got = _windows_by_user(epoch(loader))
+    assert sorted(got) == eligible(range(100))
+    rows = 0
+    for u, windows in got.items():
+        items = user_items(u)
+        targets_seen = []
+        for w in windows:
+            start = _position(items, w)
+            assert len(w) == max_items or start == 0
+            first_target = max(start + 1, start + len(w) - targets)
+            targets_seen += list(range(first_target, start + len(w)))
+        assert sorted(targets_seen) == list(range(1, len(items)))
+        assert len(windows) == -(-(len(items) - 1) // targets)
+        rows += len(windows)
+    assert loader.num_users == rows
+
+
+def test_targets_per_window_is_refused_outside_strided_windows_and_on_resume(train_file):
+    mapping = make_mapping()
+    for bad in (dict(targets_per_window=2), dict(windows="strided", max_items=4, targets_per_window=4),
+                dict(windows="strided", targets_per_window=-1)):
+        with pytest.raises(ValueError, match="targets_per_window"):
+            SequenceLoader(train_file, mapping, cfg(**bad), 0, 1, training=True)
+    state = SequenceLoader(train_file, mapping, cfg(windows="strided", max_items=6), 0, 1, training=True).state_dict()
+    with pytest.raises(ValueError, match="would not reproduce the same batches"):
+        SequenceLoader(train_file, mapping, cfg(windows="strided", max_items=6, targets_per_window=2), 0, 1,
+                       training=True).load_state_dict(state)
+    state["window_step"] = 2  # a state that differs only in the step (same row count here or not) is refused too
+    with pytest.raises(ValueError, match="window_step"):
+        SequenceLoader(train_file, mapping, cfg(windows="strided", max_items=6), 0, 1,
+                       training=True).load_state_dict(state)
+    state.pop("window_step")  # a state written before the switch: windows stepped back by max_items - 1
+    SequenceLoader(train_file, mapping, cfg(windows="strided", max_items=6), 0, 1, training=True).load_state_dict(state)
+
+
 def test_recent_is_the_default_and_strided_equals_recent_when_histories_fit(train_file):
     mapping = make_mapping()
     assert DataConfig().windows == "recent"

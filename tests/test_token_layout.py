@@ -116,9 +116,9 @@ def test_items_history_chain_codes_are_seen_only_by_their_own_item():
     assert visible[:, 1].nonzero().flatten().tolist() == [1]  # a BOS: itself only
 
 
-def reachable(tb) -> torch.Tensor:
-    """[S, S] row 0's tokens each query's hidden state depends on through any number of layers."""
-    r = (~tb.attention_mask[0, 0]).int()
+def reachable(tb, row: int = 0) -> torch.Tensor:
+    """[S, S] the row's tokens each query's hidden state depends on through any number of layers."""
+    r = (~tb.attention_mask[row, 0]).int()
     for _ in range(r.shape[0]):
         r = ((r @ r) > 0).int()
     return r.bool()
@@ -140,6 +140,31 @@ def test_all_mode_predicts_each_item_as_last_mode_does(history):
         for field in ("tokens", "positions", "is_bos", "is_item", "item_codes"):
             a, b = getattr(all_tb, field)[0, seen_all], getattr(last_tb, field)[0, seen_last]
             assert torch.equal(a, b), field
+
+
+@pytest.mark.parametrize("history", ["codes", "rqsum", "prefixn+id"])
+def test_last_targets_predict_those_items_exactly_as_all_mode_does(history):
+    """targets=1 (DataConfig.targets_per_window): only the last item of each row carries a loss, and each of its
+    labelled tokens depends on exactly what 'all' mode's does; earlier items are history only (with ITEM-token
+    history one token each, so context is cheap)."""
+    pids = torch.tensor([[3, 5, 7], [2, 4, 0]])
+    one = training_layout(SIDS, LENS, "all", OFFSETS, history, pids, targets=1)
+    every = training_layout(SIDS, LENS, "all", OFFSETS, history, pids)
+    for row, n in enumerate(LENS.tolist()):
+        assert set(one.item_index[row, one.loss_mask[row]].tolist()) == {n - 1}
+        q_one = (one.item_index[row] == n - 1) & one.loss_mask[row]
+        q_all = (every.item_index[row] == n - 1) & every.loss_mask[row]
+        assert one.labels[row, q_one].tolist() == every.labels[row, q_all].tolist()
+        assert torch.equal(one.label_items[row, q_one], every.label_items[row, q_all])
+        reach_one, reach_all = reachable(one, row), reachable(every, row)
+        for qo, qa in zip(q_one.nonzero().flatten(), q_all.nonzero().flatten(), strict=True):
+            seen_one, seen_all = reach_one[qo].nonzero().flatten(), reach_all[qa].nonzero().flatten()
+            for field in ("tokens", "positions", "is_bos", "is_item", "item_codes", "item_pids"):
+                assert torch.equal(getattr(one, field)[row, seen_one], getattr(every, field)[row, seen_all]), field
+    if history != "codes":  # an item that is only history is one ITEM token
+        assert int(one.valid[0].sum()) == 2 + (len(OFFSETS) + 1)
+    wide = training_layout(SIDS, LENS, "all", OFFSETS, history, pids, targets=5)
+    assert torch.equal(wide.labels, every.labels)
 
 
 def test_items_prefill_is_one_item_token_per_history_item_then_bos():

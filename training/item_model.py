@@ -129,7 +129,8 @@ def causal_mask(valid: torch.Tensor) -> torch.Tensor:
     return masked.unsqueeze(1)
 
 
-def _layout(pids: torch.Tensor, n_in: torch.Tensor, labels_from: torch.Tensor | None, loss_mode: str) -> ItemBatch:
+def _layout(pids: torch.Tensor, n_in: torch.Tensor, labels_from: torch.Tensor | None, loss_mode: str,
+            targets: int = 0) -> ItemBatch:
     B = pids.shape[0]
     S = max(int(n_in.max()) if B else 0, 1)
     pos = torch.arange(S).unsqueeze(0).expand(B, S)
@@ -141,17 +142,21 @@ def _layout(pids: torch.Tensor, n_in: torch.Tensor, labels_from: torch.Tensor | 
         if nxt.shape[1] < S:
             nxt = torch.cat([nxt, torch.full((B, S - nxt.shape[1]), IGNORE, dtype=torch.int64)], 1)
         keep = valid if loss_mode == "all" else pos == (n_in - 1).unsqueeze(1)
+        if targets:  # the label at t is item t+1: the last `targets` items are labels from t = n_in - targets on
+            keep = keep & (pos >= (n_in - targets).unsqueeze(1))
         labels = torch.where(keep, nxt, labels)
     return ItemBatch(inputs, valid, pos.contiguous(), labels, causal_mask(valid), n_in - 1)
 
 
-def next_item_layout(pids: torch.Tensor, lengths: torch.Tensor, loss_mode: str = "all") -> ItemBatch:
+def next_item_layout(pids: torch.Tensor, lengths: torch.Tensor, loss_mode: str = "all",
+                     targets: int = 0) -> ItemBatch:
     """Training / validation: inputs are items 0..len-2, the label at t is item t+1 ('all': every t; 'last':
-    only the last, i.e. the final item — the validation target when the loader appended it)."""
+    only the last, i.e. the final item — the validation target when the loader appended it; targets > 0: only
+    the last `targets` items)."""
     if loss_mode not in ("all", "last"):
         raise ValueError(f"loss_mode={loss_mode!r}: expected 'all' or 'last'")
     n_in = (lengths.cpu() - 1).clamp(min=0)
-    return _layout(pids, n_in, pids, loss_mode)
+    return _layout(pids, n_in, pids, loss_mode, targets)
 
 
 def history_layout(pids: torch.Tensor, lengths: torch.Tensor) -> ItemBatch:

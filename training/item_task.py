@@ -61,9 +61,9 @@ class ItemTask:
     def build(self, model_cfg, arch: ModelArch, tp: int, device) -> ItemSeqModel:
         return build_item_model(model_cfg, arch, self.catalog, tp, device)
 
-    def batch(self, batch, loss_mode: str, device) -> ItemBatch:
+    def batch(self, batch, loss_mode: str, device, targets: int = 0) -> ItemBatch:
         pids = self.catalog.sids_to_pids(batch.sids, batch.lengths)
-        return next_item_layout(pids, batch.lengths, loss_mode).to(device)
+        return next_item_layout(pids, batch.lengths, loss_mode, targets).to(device)
 
     token_losses = staticmethod(item_token_losses)
 

@@ -28,7 +28,8 @@ batch is emitted). TP peers pass the same dp_rank and so build identical batches
 Training windows (`DataConfig.windows`): "recent" makes one row per user (its most recent max_items items).
 "strided" makes ceil((n-1)/(max_items-1)) rows from a user with n items: windows of max_items items ending at
 item n, n-(max_items-1), …, so consecutive windows share one item and every item after the first is a target
-exactly once per epoch. "random" makes one row per user ending at a random item (seeded by seed, epoch and the
+exactly once per epoch (`targets_per_window` = m: windows end at n, n-m, …, and only a row's last m items are
+targets, so each target reads more context; the trainer's layouts honour it). "random" makes one row per user ending at a random item (seeded by seed, epoch and the
 row group). Everything above then applies to rows instead of users: the epoch order permutes rows, a user's
 windows sit next to each other in read order (and are shuffled apart within a shuffle window), and the state is
 still (epoch, batches handed out), so DP sharding, TP peers and exact resume are unchanged.
@@ -129,7 +130,7 @@ def _scan_file(pf: pq.ParquetFile, path, mapping: SIDMapping, cfg: DataConfig, a
             if units is None:
                 rg_eligible[g] += int(ok.sum())
             else:
-                u = window_units(_item_counts(cols), ok, windows, cfg.max_items)
+                u = window_units(_item_counts(cols), ok, windows, cfg.window_step)
                 units[row:row + len(ok)] = u
                 rg_eligible[g] += int(u.sum())
             row += len(ok)
@@ -203,7 +204,7 @@ class SequenceLoader:
                 "global_batch_size": self.cfg.global_batch_size, "shuffle": self.shuffle,
                 "shuffle_window_rows": self.cfg.shuffle_window_rows, "num_users": self.num_users,
                 "num_row_groups": len(self.index.rg_rows), "dp_rank": self.dp_rank, "dp_size": self.dp_size,
-                "windows": self.windows, "max_items": self.cfg.max_items}
+                "windows": self.windows, "max_items": self.cfg.max_items, "window_step": self.cfg.window_step}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue where `state` stopped. The DP layout may differ (global batches do not depend on it); the
@@ -215,10 +216,11 @@ class SequenceLoader:
                                  "resuming would not reproduce the same batches")
         # states written before the windows switch existed used "recent" windows
         windows = state.get("windows", "recent")
-        if windows != self.windows or (windows != "recent" and state.get("max_items") != self.cfg.max_items):
-            raise ValueError(f"loader state has windows={windows!r} (max_items={state.get('max_items')}) but this "
-                             f"loader has windows={self.windows!r} (max_items={self.cfg.max_items}): resuming "
-                             "would not reproduce the same batches")
+        theirs = (windows, state.get("max_items"), state.get("window_step", (state.get("max_items") or 0) - 1))
+        ours = (self.windows, self.cfg.max_items, self.cfg.window_step)
+        if theirs[0] != ours[0] or (windows != "recent" and theirs != ours):
+            raise ValueError(f"loader state has windows, max_items, window_step={theirs} but this loader has "
+                             f"{ours}: resuming would not reproduce the same batches")
         self._epoch, self._consumed = int(state["epoch"]), int(state["batches_consumed"])
 
     # ---- one epoch ------------------------------------------------------------------------------------------
@@ -263,7 +265,7 @@ class SequenceLoader:
                         sel = elig[mine]
                         u = uniforms[in_rg + sel] if uniforms is not None else None
                         ends = window_ends(np.diff(cols.offsets)[sel], unit[mine], self.windows,
-                                           self.cfg.max_items, u)
+                                           self.cfg.window_step, u)
                     pids, lens = self._truncate(cols, elig[mine], ends)
                     buf.put(k[mine] * b + slot[mine], pids, lens, cols.user_ids[elig[mine]])
                 done = order.completed(t)

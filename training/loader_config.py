@@ -22,6 +22,11 @@ class DataConfig:
     #   "random":  one row per user, a window of up to max_items items ending at a random item (>= the 2nd),
     #              drawn from (seed, epoch, row).
     windows: str = "recent"
+    # "strided" only: the last targets_per_window items of a row are its training targets and windows step back by
+    # that many items, so every target still comes once per epoch but reads up to max_items - 1 items before it
+    # (0: max_items - 1, every item after the first). With ITEM-token history a SID-GR row then costs
+    # max_items + targets_per_window * num_levels tokens instead of max_items * (num_levels + 1).
+    targets_per_window: int = 0
     min_items: int = 2  # users with fewer items are skipped and counted
     global_batch_size: int = 128  # users per optimizer step across all DP ranks
     shuffle: bool = True
@@ -40,6 +45,10 @@ class DataConfig:
             raise ValueError(f"DataConfig.windows={self.windows!r}: expected one of {', '.join(WINDOWS)}")
         if self.windows == "strided" and self.max_items < 2:
             raise ValueError("DataConfig.windows='strided' needs max_items >= 2")
+        if self.targets_per_window < 0 or (self.targets_per_window and (
+                self.windows != "strided" or self.targets_per_window > self.max_items - 1)):
+            raise ValueError(f"DataConfig.targets_per_window={self.targets_per_window} needs windows='strided' and "
+                             f"1 <= targets_per_window <= max_items - 1 = {self.max_items - 1} (0: every item)")
         if self.num_workers < 0:
             raise ValueError(f"DataConfig.num_workers={self.num_workers} must be >= 0")
         if self.seed < 0:
@@ -47,3 +56,8 @@ class DataConfig:
         if dp_size < 1 or self.global_batch_size % dp_size:
             raise ValueError(f"DataConfig.global_batch_size={self.global_batch_size} is not divisible by the "
                              f"data-parallel size {dp_size}")
+
+    @property
+    def window_step(self) -> int:
+        """How far "strided" windows step back: the items that are targets in each window."""
+        return self.targets_per_window or self.max_items - 1

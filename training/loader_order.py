@@ -5,20 +5,20 @@ import numpy as np
 
 
 # ---- training windows -------------------------------------------------------------------------------------------
-def window_units(num_items: np.ndarray, eligible: np.ndarray, windows: str, max_items: int) -> np.ndarray:
-    """Training rows each file row contributes per epoch (0 for skipped users; see the module docstring)."""
+def window_units(num_items: np.ndarray, eligible: np.ndarray, windows: str, step: int) -> np.ndarray:
+    """Training rows each file row contributes per epoch (0 for skipped users; `step`: DataConfig.window_step)."""
     if windows == "strided":
-        units = np.maximum(1, -(-(num_items - 1) // (max_items - 1)))
+        units = np.maximum(1, -(-(num_items - 1) // step))
     else:
         units = np.ones_like(num_items)
     return np.where(eligible, units, 0).astype(np.int64)
 
 
-def window_ends(num_items: np.ndarray, unit: np.ndarray, windows: str, max_items: int,
+def window_ends(num_items: np.ndarray, unit: np.ndarray, windows: str, step: int,
                 uniforms: np.ndarray | None = None) -> np.ndarray:
     """Exclusive end (an item count) of the `unit`-th window of users with `num_items` items."""
     if windows == "strided":
-        return num_items - unit * (max_items - 1)
+        return num_items - unit * step
     if windows == "random":
         drawn = 2 + np.floor(uniforms * (num_items - 1)).astype(np.int64)  # uniform over 2..n
         return np.where(num_items >= 2, np.minimum(drawn, num_items), num_items)

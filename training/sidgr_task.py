@@ -8,11 +8,11 @@ from sidgr.token_layout import IGNORE, TokenBatch, training_layout
 from sidgr.training.loss import token_losses
 
 
-def layout_for(batch, loss_mode: str, arch: ModelArch, device, catalog=None) -> TokenBatch:
+def layout_for(batch, loss_mode: str, arch: ModelArch, device, catalog=None, targets: int = 0) -> TokenBatch:
     """A loader `Batch` -> the decoder's TokenBatch on `device` (`catalog`, an ItemCatalog, gives the item ids
-    that ITEM tokens with id or prefix tables need)."""
+    that ITEM tokens with id or prefix tables need; `targets`: see `training_layout`)."""
     pids = catalog.sids_to_pids(batch.sids, batch.lengths) if arch.needs_pids else None
-    tb = training_layout(batch.sids, batch.lengths, loss_mode, arch.level_offsets, arch.history, pids)
+    tb = training_layout(batch.sids, batch.lengths, loss_mode, arch.level_offsets, arch.history, pids, targets)
     if tb.tokens.shape[1] == 0:  # a DP rank whose rows are all padding still joins the collectives
         B = tb.tokens.shape[0]
         z = torch.zeros(B, 1, dtype=torch.int64)
@@ -65,8 +65,8 @@ class SIDGRTask:
         codes = self.catalog.codes if arch.dense_weight > 0 else None
         return build_model(model_cfg, arch, tp, device, nodes, codes)
 
-    def batch(self, batch, loss_mode: str, device) -> TokenBatch:
-        return layout_for(batch, loss_mode, self.arch_, device, self.catalog)
+    def batch(self, batch, loss_mode: str, device, targets: int = 0) -> TokenBatch:
+        return layout_for(batch, loss_mode, self.arch_, device, self.catalog, targets)
 
     token_losses = staticmethod(token_losses)
 

@@ -11,7 +11,7 @@ from typing import Protocol
 import torch
 
 from sidgr.arch import ModelArch
-from sidgr.errors import input_error
+from sidgr.errors import InputError, input_error
 from sidgr.sid.mapping import SIDMapping
 
 
@@ -22,8 +22,9 @@ class Task(Protocol):
     def build(self, model_cfg, arch: ModelArch, tp: int, device: torch.device) -> torch.nn.Module:
         """The Megatron model of this family."""
 
-    def batch(self, batch, loss_mode: str, device: torch.device):
-        """A loader `Batch` -> this family's batch (with `loss_mask`, `valid` and `model_inputs()`)."""
+    def batch(self, batch, loss_mode: str, device: torch.device, targets: int = 0):
+        """A loader `Batch` -> this family's batch (with `loss_mask`, `valid` and `model_inputs()`); `targets` > 0:
+        only each row's last `targets` items are predicted (DataConfig.targets_per_window)."""
 
     def token_losses(self, model, hidden: torch.Tensor, batch):
         """Final hidden states -> `TokenLosses` (fp32 per-label cross-entropy, vocab-parallel)."""
@@ -64,6 +65,13 @@ def preflight(cfgs: dict) -> tuple[SIDMapping, Task, ModelArch]:
     from sidgr.training.config import model_arch
 
     mcfg, dcfg = cfgs["model"], cfgs["data"]
+    try:
+        dcfg.check(1)
+    except ValueError as e:
+        raise InputError(f"sidgr train: {e}") from None  # the message names the field and its value
+    if dcfg.targets_per_window and mcfg.loss_mode != "all":
+        raise input_error("sidgr train", "DataConfig.targets_per_window", dcfg.targets_per_window,
+                          f"needs ModelConfig.loss_mode='all' (it is {mcfg.loss_mode!r})")
     for field_name in ("train_path", "mapping_path"):
         path = getattr(dcfg, field_name)
         if not Path(path).exists():

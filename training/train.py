@@ -161,7 +161,7 @@ def run(cfgs: dict, resume: bool) -> dict:
             except StopIteration:
                 batches = iter(train_loader)  # next epoch, new shuffle
                 continue
-            tb = task.batch(batch, mcfg.loss_mode, info.device)
+            tb = task.batch(batch, mcfg.loss_mode, info.device, dcfg.targets_per_window)
             last = train_step(ddp, model, optimizer, scheduler, tb, task.token_losses)
             step += 1
             dt = time.perf_counter() - t0
