@@ -29,8 +29,8 @@ Training windows (`DataConfig.windows`): "recent" makes one row per user (its mo
 "strided" makes ceil((n-1)/(max_items-1)) rows from a user with n items: windows of max_items items ending at
 item n, n-(max_items-1), …, so consecutive windows share one item and every item after the first is a target
 exactly once per epoch (`targets_per_window` = m: windows end at n, n-m, …, and only a row's last m items are
-targets, so each target reads more context; the trainer's layouts honour it). "random" makes one row per user ending at a random item (seeded by seed, epoch and the
-row group). Everything above then applies to rows instead of users: the epoch order permutes rows, a user's
+targets, so each target reads more context; the trainer's layouts honour it). "random" makes one row per user
+ending at a random item (seeded by seed, epoch and the row group). Everything above then applies to rows instead of users: the epoch order permutes rows, a user's
 windows sit next to each other in read order (and are shuffled apart within a shuffle window), and the state is
 still (epoch, batches handed out), so DP sharding, TP peers and exact resume are unchanged.
 
