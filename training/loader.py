@@ -30,9 +30,10 @@ Training windows (`DataConfig.windows`): "recent" makes one row per user (its mo
 item n, n-(max_items-1), …, so consecutive windows share one item and every item after the first is a target
 exactly once per epoch (`targets_per_window` = m: windows end at n, n-m, …, and only a row's last m items are
 targets, so each target reads more context; the trainer's layouts honour it). "random" makes one row per user
-ending at a random item (seeded by seed, epoch and the row group). Everything above then applies to rows instead of users: the epoch order permutes rows, a user's
-windows sit next to each other in read order (and are shuffled apart within a shuffle window), and the state is
-still (epoch, batches handed out), so DP sharding, TP peers and exact resume are unchanged.
+ending at a random item (seeded by seed, epoch and the row group). Everything above then applies to rows
+instead of users: the epoch order permutes rows, a user's windows sit next to each other in read order (and are
+shuffled apart within a shuffle window), and the state is still (epoch, batches handed out), so DP sharding, TP
+peers and exact resume are unchanged.
 
 Exact resume: the state is (epoch, batches handed out in that epoch); since the order is layout-independent, a
 run may even resume with another DP size as long as global_batch_size is unchanged. On resume the reader starts
