@@ -52,3 +52,12 @@ def test_published_rows_keep_their_metrics_and_protocol(tmp_path):
     assert "last 200 history items" in ml1m[0]
     assert ml1m[4:] == ["| SASRec | 0.2853 | 0.1603 |", "| HSTU | 0.3097 | 0.1720 |",
                         "| HSTU-large | 0.3294 | 0.1893 |"]
+
+
+def test_benchmark_demos_default_to_their_budgeted_rows_and_validated_beam():
+    rows = {n: (parse_args(["--dataset", n, "--source", "x"]).sids, parse_args(["--dataset", n, "--source", "x"])
+                .beam_width) for n in DATASETS}
+    assert rows == {"ml100k": (["balanced", "collab", "fused"], 256), "beauty": (["collab"], 256),
+                    "ml1m": (["collab"], 64)}
+    full = parse_args(["--dataset", "ml1m", "--source", "x", "--sids", "text,collab,fused", "--beam-width", "256"])
+    assert (full.sids, full.beam_width) == (["text", "collab", "fused"], 256)

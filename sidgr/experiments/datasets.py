@@ -25,6 +25,10 @@ class DatasetSpec:
     published_history: int = 0
     published_protocol: str = ""
     published: tuple = ()  # (row, {metric: value}) as published, under published_protocol
+    # what the demo runs by default, sized to its CPU budget (ml100k 20 min, Beauty 90, ML-1M 150 on 2 cores);
+    # empty: every SIDs of the dataset. `--sids` and `--beam-width` override.
+    demo_sids: tuple = ()
+    beam_width: int = 256  # SID-GR's beam (and, by default, dense candidates) as chosen on validation
 
     @property
     def published_split(self) -> str:
@@ -42,14 +46,15 @@ DATASETS = {
     "beauty": DatasetSpec(
         "beauty", True, text_sids={"text": BALANCED_64},
         collab_sids={"collab": ["--table", "items"], "fused": ["--table", "items", "--fuse-text", "0.3"]},
-        primary="text", valid_users=3000, sweep_users=250, timed=False,
+        primary="text", valid_users=3000, sweep_users=250, timed=False, demo_sids=("collab",),
         note="item text is brand + category path only (the TIGER paper also had titles and descriptions)",
         published_protocol="TIGER paper (Rajput et al. 2023): the same 5-core split, leave-one-out, full ranking",
         published=(("TIGER", {"recall@5": 0.0454, "ndcg@5": 0.0321, "recall@10": 0.0648, "ndcg@10": 0.0384}),)),
     "ml1m": DatasetSpec(
         "ml1m", True, text_sids={"text": BALANCED_64},
         collab_sids={"collab": ["--table", "items"], "fused": ["--table", "items", "--fuse-text", "0.3"]},
-        primary="text", valid_users=2000, sweep_users=250, published_history=200,
+        primary="text", valid_users=2000, sweep_users=250, published_history=200, demo_sids=("collab",),
+        beam_width=64,
         published_protocol="generative-recommenders README: leave-one-out, full ranking, the last 200 history items "
                            "read and removed from the ranking (HR@10 = our recall@10)",
         published=(("SASRec", {"recall@10": 0.2853, "ndcg@10": 0.1603}),

@@ -37,17 +37,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--nproc", type=int, default=2, help="torchrun processes per training run (data parallel)")
     p.add_argument("--steps", type=int, default=None,
                    help="training steps per model (default: 400 on ml100k, the configs' own elsewhere)")
-    p.add_argument("--beam-width", type=int, default=256, help="beam width for SID-GR retrieval")
+    p.add_argument("--beam-width", type=int, default=None,
+                   help="beam width for SID-GR retrieval (default: the dataset's, chosen on validation: 256, ML-1M 64)")
     p.add_argument("--data", default="artifacts/ml100k", help="where the prepared files and SIDs go")
     p.add_argument("--max-users", type=int, default=None, help="prepare only the first N users (a small slice)")
     p.add_argument("--sids", default=None,
-                   help="comma-separated SID-GR rows to train (default: every SIDs of the dataset), e.g. collab")
+                   help="comma-separated SID-GR rows to train (default: every SIDs on ml100k, collab on Beauty and "
+                        "ML-1M to fit their CPU budgets), e.g. text,collab,fused")
     args = p.parse_args(argv)
     spec = DATASETS[args.dataset]
     if spec.source_required and not args.source:
         p.error(f"--dataset {args.dataset} needs --source DIR (see the README's benchmark data section)")
     known = [*spec.text_sids, *spec.collab_sids]
-    args.sids = args.sids.split(",") if args.sids else known
+    args.sids = args.sids.split(",") if args.sids else list(spec.demo_sids or known)
+    args.beam_width = args.beam_width or spec.beam_width
     if not args.sids or set(args.sids) - set(known):
         p.error(f"--sids {','.join(args.sids)}: expected some of {','.join(known)}")
     return args
