@@ -251,30 +251,12 @@ def _position(items: list[int], window: list[int]) -> int:
     return start
 
 
-@pytest.mark.parametrize("max_items", [2, 4, 6])
-def test_strided_windows_make_every_item_after_the_first_a_target_once(train_file, max_items):
-    loader = SequenceLoader(train_file, make_mapping(), cfg(windows="strided", max_items=max_items), 0, 1,
-                            training=True)
-    got = _windows_by_user(epoch(loader))
-    assert sorted(got) == eligible(range(100))
-    rows = 0
-    for u, windows in got.items():
-        items = user_items(u)
-        targets = []
-        for w in windows:
-            start = _position(items, w)
-            assert len(w) == max_items or start == 0  # only the earliest window may be short
-            targets += list(range(start + 1, start + len(w)))
-        assert sorted(targets) == list(range(1, len(items)))  # each item after the first exactly once
-        assert max(_position(items, w) + len(w) for w in windows) == len(items)  # the most recent window is there
-        rows += len(windows)
-    assert loader.num_users == rows and loader.num_batches == -(-rows // 12)
-
-
-@pytest.mark.parametrize("max_items,targets", [(6, 1), (6, 2), (4, 3), (9, 4)])
-def test_strided_windows_with_fewer_targets_keep_every_item_a_target_once(train_file, max_items, targets):
-    """DataConfig.targets_per_window = m: windows of up to max_items items end at n, n-m, …; their last m items
-    (the earliest window: every item after its first) are each user's items after the first, once each."""
+@pytest.mark.parametrize("max_items,targets", [(2, 0), (4, 0), (6, 0), (6, 1), (6, 2), (4, 3), (9, 4)])
+def test_strided_windows_make_every_item_after_the_first_a_target_once(train_file, max_items, targets):
+    """Windows of up to max_items items end at n, n-m, … (m = DataConfig.targets_per_window, by default
+    max_items - 1); their last m items (the earliest window: every item after its first) are each user's items
+    after the first, once each."""
+    m = targets or max_items - 1
     c = cfg(windows="strided", max_items=max_items, targets_per_window=targets)
     loader = SequenceLoader(train_file, make_mapping(), c, 0, 1, training=True)
     got = _windows_by_user(epoch(loader))
@@ -285,13 +267,13 @@ def test_strided_windows_with_fewer_targets_keep_every_item_a_target_once(train_
         targets_seen = []
         for w in windows:
             start = _position(items, w)
-            assert len(w) == max_items or start == 0
-            first_target = max(start + 1, start + len(w) - targets)
-            targets_seen += list(range(first_target, start + len(w)))
-        assert sorted(targets_seen) == list(range(1, len(items)))
-        assert len(windows) == -(-(len(items) - 1) // targets)
+            assert len(w) == max_items or start == 0  # only the earliest window may be short
+            targets_seen += list(range(max(start + 1, start + len(w) - m), start + len(w)))
+        assert sorted(targets_seen) == list(range(1, len(items)))  # each item after the first exactly once
+        assert max(_position(items, w) + len(w) for w in windows) == len(items)  # the most recent window is there
+        assert len(windows) == -(-(len(items) - 1) // m)
         rows += len(windows)
-    assert loader.num_users == rows
+    assert loader.num_users == rows and loader.num_batches == -(-rows // 12)
 
 
 def test_targets_per_window_is_refused_outside_strided_windows_and_on_resume(train_file):
