@@ -263,8 +263,8 @@ def run(args: argparse.Namespace) -> int:
         text = comparison_table(reports, tuple(c for c in args.columns.split(",") if c))
         if args.paired_baseline:  # resampled like the baseline's own CIs (the table's footnote says how)
             boot = reports.get(args.paired_baseline, {}).get("bootstrap", {})
-            text = with_paired_column(text, dirs, args.paired_baseline, num_samples=boot.get("samples", 1000),
-                                      seed=boot.get("seed", 0))
+            text = with_paired_column(text, dirs, args.paired_baseline, num_samples=boot.get("samples") or 1000,
+                                      seed=boot.get("seed", 0))  # evaluations without CIs: still a paired one
         path = Path(args.out) / "comparison.md"
         with atomic_path(path) as tmp:
             tmp.write_text(text)

@@ -279,3 +279,15 @@ def test_paired_difference_aligns_users_and_bounds_the_mean(tmp_path):
     assert out[3].endswith(f"| {d['mean']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] |")
     with pytest.raises(InputError, match="not one of the runs"):
         report.with_paired_column(table, {"base": str(base)}, "nope")
+
+
+def test_paired_column_for_evaluations_made_without_cis(files, tmp_path):
+    """Checkpoint scoring evaluates with --bootstrap 0; a paired comparison of two such runs still gets its CI."""
+    cands, targets = files
+    for name in ("a", "b"):
+        assert cli.main(["evaluate", "--candidates", str(cands), "--targets", str(targets), "--items", "10",
+                         "--out", str(tmp_path / name), "--bootstrap", "0"]) == 0
+    assert cli.main(["report", "table", "--run", f"a={tmp_path / 'a'}", "--run", f"b={tmp_path / 'b'}",
+                     "--paired-baseline", "a", "--out", str(tmp_path / "t")]) == 0
+    rows = (tmp_path / "t" / "comparison.md").read_text().splitlines()
+    assert rows[3].endswith("| +0.0000 [+0.0000, +0.0000] |")
