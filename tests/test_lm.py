@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from lm_fixtures import SIZES, require_smollm2, write_tiny_base, write_tiny_catalog  # noqa: E402
+from lm_fixtures import SIZES, require_smollm2, write_tiny_base, write_tiny_catalog
 
 require_smollm2()
 

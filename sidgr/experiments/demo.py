@@ -50,7 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--dataset {args.dataset} needs --source DIR (see the README's benchmark data section)")
     known = [*spec.text_sids, *spec.collab_sids]
     args.sids = args.sids.split(",") if args.sids else list(spec.demo_sids or known)
-    args.beam_width = args.beam_width or spec.beam_width
+    args.beam_width = spec.beam_width if args.beam_width is None else args.beam_width
     if not args.sids or set(args.sids) - set(known):
         p.error(f"--sids {','.join(args.sids)}: expected some of {','.join(known)}")
     return args
