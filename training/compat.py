@@ -6,7 +6,9 @@ Inside `with cpu_compat():` all of that lands on the CPU, so the trainer's code 
 - `torch.cuda.{current_device, synchronize, empty_cache, current_stream, default_stream, Stream, Event, stream,
   manual_seed, manual_seed_all}` become CPU stand-ins / no-ops;
 - `torch.Tensor.type()` names CPU float tensors `torch.cuda.*Tensor` (Megatron's type asserts);
-- a `TorchFunctionMode` (`CpuDeviceRemap`) rewrites CUDA device arguments to the CPU;
+- a `TorchFunctionMode` (`CpuDeviceRemap`) rewrites CUDA device arguments to the CPU and routes
+  `torch.nn.functional.dropout` (Megatron's attention and hidden dropout, ours) to `training.cpu_dropout`, which
+  draws the same Bernoulli mask about five times faster from the same generator;
 - Megatron's RNG-tracker globals (`megatron.core.tensor_parallel.random._CUDA_RNG_STATE_TRACKER[_INITIALIZED]`)
   point at a `CpuRNGStatesTracker`.
 Importing this module patches nothing. Entering applies the patches; leaving restores the exact original objects
@@ -22,6 +24,8 @@ import contextlib
 import torch
 from torch.overrides import TorchFunctionMode, _get_current_function_mode_stack
 
+from sidgr.training import cpu_dropout
+
 _MISSING = object()
 _CPU = torch.device("cpu")
 
@@ -35,12 +39,15 @@ def _is_cuda(device) -> bool:
 
 
 class CpuDeviceRemap(TorchFunctionMode):
-    """Rewrites CUDA device arguments to the CPU for every torch call (factories, .to, .cuda)."""
+    """Rewrites CUDA device arguments to the CPU for every torch call (factories, .to, .cuda); dropout goes to
+    `cpu_dropout.dropout`."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is torch.Tensor.cuda:
             return args[0]
+        if func is torch.nn.functional.dropout:
+            return cpu_dropout.dropout(*args, **kwargs)
         if "device" in kwargs and _is_cuda(kwargs["device"]):
             kwargs = dict(kwargs, device=_CPU)
         if func is torch.Tensor.to and len(args) > 1 and _is_cuda(args[1]):
