@@ -175,6 +175,59 @@ def prefill_layout(sids: torch.Tensor, lengths: torch.Tensor, level_offsets,
     return build_layout(padded, k < n, k == n, level_offsets, history, pids)
 
 
+_FILLS = {"tokens": 0, "is_bos": False, "valid": False, "positions": 0, "item_index": -1, "labels": IGNORE,
+          "label_levels": IGNORE, "is_item": False, "item_codes": 0, "item_pids": 0, "history": False,
+          "label_items": IGNORE}
+
+
+def first_fit_decreasing(lengths: list[int], capacity: int) -> list[tuple[int, int]]:
+    """(packed row, offset) of each row of `lengths` tokens, longest first into the first row with room;
+    deterministic (ties in row order). Empty rows get (-1, 0)."""
+    fill: list[int] = []
+    place = [(-1, 0)] * len(lengths)
+    for b in sorted(range(len(lengths)), key=lambda b: -lengths[b]):
+        n = lengths[b]
+        if n == 0:
+            continue
+        row = next((i for i, f in enumerate(fill) if f + n <= capacity), len(fill))
+        if row == len(fill):
+            fill.append(0)
+        place[b] = (row, fill[row])
+        fill[row] += n
+    return place
+
+
+def packed(tb: TokenBatch) -> TokenBatch:
+    """The batch's rows side by side in as few rows of the same length as first-fit decreasing finds, each
+    keeping its tokens, positions and attention block; no token attends across rows. Every token sees exactly
+    the keys it saw, so each token's output and loss are those of `tb`, with less padding computed (Beauty's
+    SID-GR rows are a third full). Training only: a packed row is no longer one user."""
+    B, S = tb.tokens.shape
+    lengths = tb.valid.sum(1)
+    place = first_fit_decreasing(lengths.tolist(), S)
+    P = max(1, 1 + max((r for r, _ in place), default=-1))
+    rows = torch.tensor([r for r, _ in place], dtype=torch.int64)
+    offsets = torch.tensor([o for _, o in place], dtype=torch.int64)
+    src_b, src_s = tb.valid.nonzero(as_tuple=True)
+    dst_r, dst_s = rows[src_b], offsets[src_b] + src_s
+
+    def moved(name: str) -> torch.Tensor:
+        src = getattr(tb, name)
+        out = torch.full((P, S) + tuple(src.shape[2:]), _FILLS[name], dtype=src.dtype, device=src.device)
+        out[dst_r, dst_s] = src[src_b, src_s]
+        return out
+
+    fields = {name: moved(name) for name in _FILLS}
+    mask = torch.ones(P, 1, S, S, dtype=torch.bool, device=tb.tokens.device)
+    for b, (r, o) in enumerate(place):
+        n = int(lengths[b])
+        if n:
+            mask[r, 0, o:o + n, o:o + n] = tb.attention_mask[b, 0, :n, :n]
+    pad = ~fields["valid"]
+    mask[:, 0].diagonal(dim1=-2, dim2=-1)[pad] = False  # a padding query sees itself: its softmax is defined
+    return TokenBatch(attention_mask=mask, **fields)
+
+
 def decode_position(lengths: torch.Tensor, level: int, num_levels: int) -> torch.Tensor:
     """Position of the level-`level` code of the item being generated after a history of `lengths` items."""
     return lengths * (num_levels + 1) + 1 + level

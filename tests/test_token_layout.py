@@ -187,3 +187,57 @@ def test_label_items_name_the_predicted_item_at_its_bos_only(history):
             assert at.tolist() == (tb.is_bos[row] & tb.valid[row]).tolist(), (mode, row)
             assert tb.label_items[row][at].tolist() == expect[row], (mode, row)
     assert bool((training_layout(SIDS, LENS, "all", OFFSETS, history).label_items == IGNORE).all())  # no pids
+
+
+@pytest.mark.parametrize("history", ["codes", "prefixn+id"])
+@pytest.mark.parametrize("loss_mode", ["all", "last"])
+def test_packing_moves_every_token_with_its_fields_and_exactly_its_visible_keys(history, loss_mode):
+    from sidgr.token_layout import TokenBatch, packed
+
+    gen = torch.Generator().manual_seed(7)
+    B, L = 12, 6
+    sids = torch.randint(0, 10, (B, L, 3), generator=gen)
+    lengths = torch.randint(2, L + 1, (B,), generator=gen)
+    lengths[3] = 0  # a DP padding row
+    pids = torch.randint(0, 40, (B, L), generator=gen)
+    tb = training_layout(sids, lengths, loss_mode, OFFSETS, history, pids)
+    pk = packed(tb)
+    assert pk.tokens.shape[1] == tb.tokens.shape[1] and pk.tokens.shape[0] < B
+    assert int(pk.valid.sum()) == int(tb.valid.sum()) and int(pk.loss_mask.sum()) == int(tb.loss_mask.sum())
+    where = {}  # (row, col) in tb -> (row, col) in pk, recovered from the packed rows' contents
+    n = tb.valid.sum(1)
+    used = torch.zeros_like(pk.valid)
+    for b in range(B):
+        if n[b] == 0:
+            continue
+        hits = [(r, o) for r in range(pk.tokens.shape[0]) for o in range(pk.tokens.shape[1] - int(n[b]) + 1)
+                if not used[r, o:o + n[b]].any()
+                and all(torch.equal(getattr(pk, f)[r, o:o + n[b]], getattr(tb, f)[b, :n[b]])
+                        for f in TokenBatch.__dataclass_fields__ if f != "attention_mask")]
+        assert hits, f"row {b} is not found whole in the packed batch"
+        r, o = hits[0]
+        used[r, o:o + n[b]] = True
+        where.update({(b, s): (r, o + s) for s in range(int(n[b]))})
+    assert used.sum() == pk.valid.sum()
+    for (b, q), (r, pq) in where.items():
+        seen = {where[(b, k)] for k in range(int(n[b])) if not tb.attention_mask[b, 0, q, k]}
+        assert {(r, k) for k in range(pk.tokens.shape[1]) if not pk.attention_mask[r, 0, pq, k]} == seen
+    pad_rows, pad_cols = (~pk.valid).nonzero(as_tuple=True)
+    assert not pk.attention_mask[pad_rows, 0, pad_cols, pad_cols].any()  # padding queries see themselves
+
+
+def test_first_fit_decreasing_places_rows_without_overlap_or_overflow():
+    from sidgr.token_layout import first_fit_decreasing
+
+    lengths = [9, 3, 0, 7, 5, 1, 10, 2]
+    place = first_fit_decreasing(lengths, 10)
+    assert place[2] == (-1, 0)
+    spans = {}
+    for (r, o), n in zip(place, lengths):
+        if n:
+            assert o + n <= 10
+            spans.setdefault(r, []).append((o, o + n))
+    for r, s in spans.items():
+        s.sort()
+        assert all(a[1] <= b[0] for a, b in zip(s, s[1:])), r
+    assert len(spans) == 4  # 37 tokens in rows of 10: FFD reaches the bound

@@ -74,3 +74,12 @@ def test_model_overfits_a_tiny_dataset(results):
     assert len(losses) == 150
     assert sum(losses[:5]) / 5 > 1.6
     assert sum(losses[-10:]) / 10 < 0.5, losses[-10:]
+
+
+def test_packed_rows_give_the_padded_batchs_loss_and_gradients(results):
+    padded, packed = results[1]["packed"]["padded"], results[1]["packed"]["packed"]
+    assert packed["rows"] < padded["rows"]
+    assert abs(packed["loss"] - padded["loss"]) <= 1e-5
+    for name, g in padded["grads"].items():
+        torch.testing.assert_close(packed["grads"][name], g, atol=1e-5, rtol=0, msg=name)
+    assert max(g.abs().max().item() for g in padded["grads"].values()) > 1e-3

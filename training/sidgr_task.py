@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from sidgr.arch import ModelArch
-from sidgr.token_layout import IGNORE, TokenBatch, training_layout
+from sidgr.token_layout import IGNORE, TokenBatch, packed, training_layout
 from sidgr.training.loss import token_losses
 
 
@@ -66,7 +66,8 @@ class SIDGRTask:
         return build_model(model_cfg, arch, tp, device, nodes, codes)
 
     def batch(self, batch, loss_mode: str, device, targets: int = 0) -> TokenBatch:
-        return layout_for(batch, loss_mode, self.arch_, device, self.catalog, targets)
+        """A training batch, its rows packed (`token_layout.packed`: the same losses, less padding computed)."""
+        return packed(layout_for(batch, loss_mode, self.arch_, "cpu", self.catalog, targets)).to(device)
 
     token_losses = staticmethod(token_losses)
 

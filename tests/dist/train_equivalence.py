@@ -1,7 +1,8 @@
 """Model-level equivalences, run under torchrun (nproc 1 or 2); writes results for tests/test_train_parallel.py.
 
 nproc=1: TP=1 loss + full gradients for both head modes; DP=1 two SGD steps on the whole batch;
-         'all' vs 'last' per-item token losses; 150 Adam steps on the tiny dataset (overfitting).
+         'all' vs 'last' per-item token losses; 150 Adam steps on the tiny dataset (overfitting); padded vs
+         packed rows.
 nproc=2: TP=2 loss + gathered gradients for both head modes; then re-initialized as DP=2 (TP=1): two SGD steps
          with half the global batch per rank.
 Usage: torchrun --standalone --nproc_per_node=N tests/dist/train_equivalence.py DATA_DIR OUT.pt
@@ -78,6 +79,25 @@ def tp_loss_and_grads(data_dir: str, tp: int) -> dict:
                           "grads": {n: full_param(p.grad, tp) if not getattr(p, "tensor_model_parallel", False)
                                     else _gather_grad(p, tp) for n, p in model.named_parameters()},
                           "weights": {n: full_param(p, tp) for n, p in model.named_parameters()}}
+    return out
+
+
+def packed_vs_padded(data_dir: str) -> dict:
+    """TP=1: loss and gradients of one batch in the loader's padded rows and packed (`token_layout.packed`)."""
+    from sidgr.token_layout import packed
+    from sidgr.training.loss import forward_loss
+    from sidgr.training.sidgr_task import layout_for
+
+    batch, _ = real_batch(data_dir, 0, 1, global_batch=16)
+    out = {}
+    for name in ("padded", "packed"):
+        model, *_ = build("shared", "all", 1, data_dir)
+        tb = layout_for(batch, "all", model.arch, torch.device("cpu"))
+        tb = packed(tb) if name == "packed" else tb
+        loss, _ = forward_loss(model, model, tb)
+        loss.backward()
+        out[name] = {"loss": loss.item(), "rows": tb.tokens.shape[0],
+                     "grads": {n: p.grad.detach().clone() for n, p in model.named_parameters()}}
     return out
 
 
@@ -189,6 +209,7 @@ def main(data_dir: str, out_path: str) -> None:
         result["all_vs_last"] = {n: all_vs_last(data_dir, n) for n in (1, 2)}
         result["overfit"] = overfit(data_dir)
         result["level_softmax"] = level_softmax_reference(data_dir)
+        result["packed"] = packed_vs_padded(data_dir)
     else:
         ps.destroy_model_parallel()
         ps.initialize_model_parallel(tensor_model_parallel_size=1)
