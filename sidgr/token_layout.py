@@ -197,34 +197,40 @@ def first_fit_decreasing(lengths: list[int], capacity: int) -> list[tuple[int, i
     return place
 
 
-def packed(tb: TokenBatch) -> TokenBatch:
-    """The batch's rows side by side in as few rows of the same length as first-fit decreasing finds, each
-    keeping its tokens, positions and attention block; no token attends across rows. Every token sees exactly
-    the keys it saw, so each token's output and loss are those of `tb`, with less padding computed (Beauty's
-    SID-GR rows are a third full). Training only: a packed row is no longer one user."""
-    B, S = tb.tokens.shape
-    lengths = tb.valid.sum(1)
+def pack_rows(valid: torch.Tensor, attention_mask: torch.Tensor,
+              per_token: dict[str, tuple[torch.Tensor, object]]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Right-padded rows (valid [B, S], attention_mask [B, 1, S, S] True = masked, per_token {name: ([B, S, ...],
+    fill)}) side by side in as few rows of length S as first-fit decreasing finds: each row keeps its tokens and
+    its attention block, no token attends across rows, and a padding query sees only itself. Every token then sees
+    exactly the keys it saw, so its output and loss are unchanged, with less padding computed. Returns the packed
+    attention mask and per-token fields."""
+    B, S = valid.shape
+    lengths = valid.sum(1)
     place = first_fit_decreasing(lengths.tolist(), S)
     P = max(1, 1 + max((r for r, _ in place), default=-1))
     rows = torch.tensor([r for r, _ in place], dtype=torch.int64)
     offsets = torch.tensor([o for _, o in place], dtype=torch.int64)
-    src_b, src_s = tb.valid.nonzero(as_tuple=True)
+    src_b, src_s = valid.nonzero(as_tuple=True)
     dst_r, dst_s = rows[src_b], offsets[src_b] + src_s
-
-    def moved(name: str) -> torch.Tensor:
-        src = getattr(tb, name)
-        out = torch.full((P, S) + tuple(src.shape[2:]), _FILLS[name], dtype=src.dtype, device=src.device)
-        out[dst_r, dst_s] = src[src_b, src_s]
-        return out
-
-    fields = {name: moved(name) for name in _FILLS}
-    mask = torch.ones(P, 1, S, S, dtype=torch.bool, device=tb.tokens.device)
+    out = {}
+    for name, (src, fill) in per_token.items():
+        out[name] = torch.full((P, S) + tuple(src.shape[2:]), fill, dtype=src.dtype, device=src.device)
+        out[name][dst_r, dst_s] = src[src_b, src_s]
+    mask = torch.ones(P, 1, S, S, dtype=torch.bool, device=valid.device)
     for b, (r, o) in enumerate(place):
         n = int(lengths[b])
         if n:
-            mask[r, 0, o:o + n, o:o + n] = tb.attention_mask[b, 0, :n, :n]
-    pad = ~fields["valid"]
-    mask[:, 0].diagonal(dim1=-2, dim2=-1)[pad] = False  # a padding query sees itself: its softmax is defined
+            mask[r, 0, o:o + n, o:o + n] = attention_mask[b, 0, :n, :n]
+    pad = torch.ones(P, S, dtype=torch.bool, device=valid.device)
+    pad[dst_r, dst_s] = False
+    mask[:, 0].diagonal(dim1=-2, dim2=-1)[pad] = False
+    return mask, out
+
+
+def packed(tb: TokenBatch) -> TokenBatch:
+    """The batch's rows packed (`pack_rows`): each token's output and loss are those of `tb`, with less padding
+    computed (Beauty's SID-GR rows are a third full). Training only: a packed row is no longer one user."""
+    mask, fields = pack_rows(tb.valid, tb.attention_mask, {n: (getattr(tb, n), f) for n, f in _FILLS.items()})
     return TokenBatch(attention_mask=mask, **fields)
 
 

@@ -244,3 +244,34 @@ def test_a_tied_code_sum_model_scores_a_grown_catalog(synth, tied_code_sum, sasr
                         str(tmp_path / "grown" / "sids.json"), timeout=240, check=False)
     assert proc.returncode != 0 and "num_items" in proc.stderr and "has a row per item" in proc.stderr, proc.stderr
     assert not (tmp_path / "x.parquet").exists()
+
+
+def test_packed_item_rows_keep_each_tokens_fields_and_causal_keys():
+    from sidgr.training.item_model import next_item_layout, packed_items
+
+    gen = torch.Generator().manual_seed(3)
+    B, L = 10, 9
+    pids = torch.randint(0, 50, (B, L), generator=gen)
+    lengths = torch.randint(2, L + 1, (B,), generator=gen)
+    lengths[4] = 0
+    ib = next_item_layout(pids, lengths)
+    pk = packed_items(ib)
+    assert pk.pids.shape[1] == ib.pids.shape[1] and pk.pids.shape[0] < B
+    assert int(pk.loss_mask.sum()) == int(ib.loss_mask.sum()) and (pk.query == -1).all()
+    used = torch.zeros_like(pk.valid)
+    for b in range(B):
+        n = int(ib.valid[b].sum())
+        if not n:
+            continue
+        hits = [(r, o) for r in range(pk.pids.shape[0]) for o in range(pk.pids.shape[1] - n + 1)
+                if not used[r, o:o + n].any() and pk.valid[r, o:o + n].all()
+                and all(torch.equal(getattr(pk, f)[r, o:o + n], getattr(ib, f)[b, :n])
+                        for f in ("pids", "positions", "labels"))
+                and torch.equal(pk.attention_mask[r, 0, o:o + n, o:o + n], ib.attention_mask[b, 0, :n, :n])]
+        assert hits, b
+        r, o = hits[0]
+        used[r, o:o + n] = True
+        outside = torch.ones(pk.pids.shape[1], dtype=torch.bool)
+        outside[o:o + n] = False
+        assert pk.attention_mask[r, 0, o:o + n][:, outside].all()  # nothing visible across rows
+    assert torch.equal(used, pk.valid)

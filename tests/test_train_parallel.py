@@ -76,8 +76,9 @@ def test_model_overfits_a_tiny_dataset(results):
     assert sum(losses[-10:]) / 10 < 0.5, losses[-10:]
 
 
-def test_packed_rows_give_the_padded_batchs_loss_and_gradients(results):
-    padded, packed = results[1]["packed"]["padded"], results[1]["packed"]["packed"]
+@pytest.mark.parametrize("family", ["packed", "item_packed"])  # SID-GR, the item models
+def test_packed_rows_give_the_padded_batchs_loss_and_gradients(results, family):
+    padded, packed = results[1][family]["padded"], results[1][family]["packed"]
     assert packed["rows"] < padded["rows"]
     assert abs(packed["loss"] - padded["loss"]) <= 1e-5
     for name, g in padded["grads"].items():

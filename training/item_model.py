@@ -28,7 +28,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from sidgr.arch import ModelArch
 from sidgr.errors import input_error
-from sidgr.token_layout import IGNORE
+from sidgr.token_layout import IGNORE, pack_rows
 from sidgr.sid.mapping import SIDMapping, first_duplicate_items
 from sidgr.sid.prefix_index import PrefixIndex
 from sidgr.training.model import (PrefixTables, in_training_precision, layer_spec, mask_padding, padded_size,
@@ -118,6 +118,15 @@ class ItemBatch:
 
     def to(self, device) -> "ItemBatch":
         return ItemBatch(*(getattr(self, f).to(device) for f in ItemBatch.__dataclass_fields__))
+
+
+def packed_items(ib: ItemBatch) -> ItemBatch:
+    """A training batch's rows packed (`token_layout.pack_rows`): the same per-token losses, less padding
+    computed. `query` is dropped (-1): a packed row is no longer one user, so it cannot be scored."""
+    mask, f = pack_rows(ib.valid, ib.attention_mask, {"pids": (ib.pids, 0), "valid": (ib.valid, False),
+                                                      "positions": (ib.positions, 0), "labels": (ib.labels, IGNORE)})
+    return ItemBatch(f["pids"], f["valid"], f["positions"], f["labels"], mask,
+                     torch.full((mask.shape[0],), -1, dtype=torch.int64))
 
 
 def causal_mask(valid: torch.Tensor) -> torch.Tensor:

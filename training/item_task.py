@@ -16,7 +16,7 @@ from sidgr.errors import input_error
 from sidgr.ranking import top_k_unseen
 from sidgr.sid.mapping import SIDMapping
 from sidgr.training.item_model import (ItemBatch, ItemCatalog, ItemSeqModel, build_item_model, history_layout,
-                                       item_arch, item_token_losses, next_item_layout)
+                                       item_arch, item_token_losses, next_item_layout, packed_items)
 
 VALID_K = 10
 VALID_USERS_PER_BATCH = 256
@@ -62,8 +62,9 @@ class ItemTask:
         return build_item_model(model_cfg, arch, self.catalog, tp, device)
 
     def batch(self, batch, loss_mode: str, device, targets: int = 0) -> ItemBatch:
+        """A training batch, its rows packed (`packed_items`: the same losses, less padding computed)."""
         pids = self.catalog.sids_to_pids(batch.sids, batch.lengths)
-        return next_item_layout(pids, batch.lengths, loss_mode, targets).to(device)
+        return packed_items(next_item_layout(pids, batch.lengths, loss_mode, targets)).to(device)
 
     token_losses = staticmethod(item_token_losses)
 

@@ -101,6 +101,38 @@ def packed_vs_padded(data_dir: str) -> dict:
     return out
 
 
+def item_packed_vs_padded(data_dir: str) -> dict:
+    """TP=1: an item model's (SASRec-CE's) loss and gradients on one batch, padded and packed (`packed_items`)."""
+    from sidgr.training.config import ModelConfig, model_arch
+    from sidgr.training.dist import seed_everything
+    from sidgr.training.item_model import item_token_losses, next_item_layout, packed_items
+    from sidgr.training.item_task import ItemTask
+    from sidgr.training.loss import forward_loss
+
+    from sidgr.sid.mapping import SIDMapping
+
+    batch, shared = real_batch(data_dir, 0, 1, global_batch=16)
+    # the tiny dataset's SIDs collide, which item models refuse: give every item a unique 2-level SID
+    n = shared.num_items
+    mapping = SIDMapping(torch.stack([torch.arange(n) // 8, torch.arange(n) % 8]), [n // 8 + 1, 8])
+    keys = {tuple(c): i for i, c in enumerate(shared.codes.t().tolist())}
+    batch_pids = torch.tensor([[keys.get(tuple(c), 0) for c in row] for row in batch.sids.tolist()])
+    out = {}
+    for name in ("padded", "packed"):
+        task = ItemTask(mapping, "id")
+        mcfg = ModelConfig(hidden_size=32, num_layers=2, num_attention_heads=2, ffn_hidden_size=64, dropout=0.0)
+        arch = task.arch(model_arch(mcfg, mapping.codebook_sizes, 8))
+        seed_everything(11)
+        model = task.build(mcfg, arch, 1, torch.device("cpu"))
+        ib = next_item_layout(batch_pids, batch.lengths)
+        ib = packed_items(ib) if name == "packed" else ib
+        loss, _ = forward_loss(model, model, ib, item_token_losses)
+        loss.backward()
+        out[name] = {"loss": loss.item(), "rows": ib.pids.shape[0],
+                     "grads": {n: p.grad.detach().clone() for n, p in model.named_parameters()}}
+    return out
+
+
 def _gather_grad(p, tp):
     g = p.grad
     g.tensor_model_parallel, g.partition_dim = True, p.partition_dim
@@ -210,6 +242,7 @@ def main(data_dir: str, out_path: str) -> None:
         result["overfit"] = overfit(data_dir)
         result["level_softmax"] = level_softmax_reference(data_dir)
         result["packed"] = packed_vs_padded(data_dir)
+        result["item_packed"] = item_packed_vs_padded(data_dir)
     else:
         ps.destroy_model_parallel()
         ps.initialize_model_parallel(tensor_model_parallel_size=1)
