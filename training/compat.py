@@ -8,7 +8,7 @@ Inside `with cpu_compat():` all of that lands on the CPU, so the trainer's code 
 - `torch.Tensor.type()` names CPU float tensors `torch.cuda.*Tensor` (Megatron's type asserts);
 - a `TorchFunctionMode` (`CpuDeviceRemap`) rewrites CUDA device arguments to the CPU and routes
   `torch.nn.functional.dropout` (Megatron's attention and hidden dropout, ours) to `training.cpu_dropout`, which
-  draws the same Bernoulli mask about five times faster from the same generator;
+  draws the same Bernoulli mask about four times faster from the same generator;
 - Megatron's RNG-tracker globals (`megatron.core.tensor_parallel.random._CUDA_RNG_STATE_TRACKER[_INITIALIZED]`)
   point at a `CpuRNGStatesTracker`.
 Importing this module patches nothing. Entering applies the patches; leaving restores the exact original objects

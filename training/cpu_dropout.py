@@ -1,4 +1,4 @@
-"""Dropout for CPU training: torch's semantics, with the keep-mask drawn about five times faster.
+"""Dropout for CPU training: torch's semantics, with the keep-mask drawn about four times faster.
 
 torch's CPU dropout draws one random number per element, single-threaded; on the attention probabilities
 [B, heads, S, S] of a SID-GR step that was a quarter of the step time (py-spy on the Beauty demo's training,
