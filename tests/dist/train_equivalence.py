@@ -85,7 +85,6 @@ def tp_loss_and_grads(data_dir: str, tp: int) -> dict:
 def packed_vs_padded(data_dir: str) -> dict:
     """TP=1: loss and gradients of one batch in the loader's padded rows and packed (`token_layout.packed`)."""
     from sidgr.token_layout import packed
-    from sidgr.training.loss import forward_loss
     from sidgr.training.sidgr_task import layout_for
 
     batch, _ = real_batch(data_dir, 0, 1, global_batch=16)
@@ -94,22 +93,27 @@ def packed_vs_padded(data_dir: str) -> dict:
         model, *_ = build("shared", "all", 1, data_dir)
         tb = layout_for(batch, "all", model.arch, torch.device("cpu"))
         tb = packed(tb) if name == "packed" else tb
-        loss, _ = forward_loss(model, model, tb)
-        loss.backward()
-        out[name] = {"loss": loss.item(), "rows": tb.tokens.shape[0],
-                     "grads": {n: p.grad.detach().clone() for n, p in model.named_parameters()}}
+        out[name] = loss_and_grads(model, tb)
     return out
+
+
+def loss_and_grads(model, batch, losses_fn=None) -> dict:
+    """One forward/backward at TP=1: the loss, the batch's row count and every parameter's gradient."""
+    from sidgr.training.loss import forward_loss
+
+    loss, _ = forward_loss(model, model, batch, *([losses_fn] if losses_fn else []))
+    loss.backward()
+    return {"loss": loss.item(), "rows": batch.valid.shape[0],
+            "grads": {n: p.grad.detach().clone() for n, p in model.named_parameters()}}
 
 
 def item_packed_vs_padded(data_dir: str) -> dict:
     """TP=1: an item model's (SASRec-CE's) loss and gradients on one batch, padded and packed (`packed_items`)."""
+    from sidgr.sid.mapping import SIDMapping
     from sidgr.training.config import ModelConfig, model_arch
     from sidgr.training.dist import seed_everything
     from sidgr.training.item_model import item_token_losses, next_item_layout, packed_items
     from sidgr.training.item_task import ItemTask
-    from sidgr.training.loss import forward_loss
-
-    from sidgr.sid.mapping import SIDMapping
 
     batch, shared = real_batch(data_dir, 0, 1, global_batch=16)
     # the tiny dataset's SIDs collide, which item models refuse: give every item a unique 2-level SID
@@ -126,10 +130,7 @@ def item_packed_vs_padded(data_dir: str) -> dict:
         model = task.build(mcfg, arch, 1, torch.device("cpu"))
         ib = next_item_layout(batch_pids, batch.lengths)
         ib = packed_items(ib) if name == "packed" else ib
-        loss, _ = forward_loss(model, model, ib, item_token_losses)
-        loss.backward()
-        out[name] = {"loss": loss.item(), "rows": ib.pids.shape[0],
-                     "grads": {n: p.grad.detach().clone() for n, p in model.named_parameters()}}
+        out[name] = loss_and_grads(model, ib, item_token_losses)
     return out
 
 
