@@ -37,3 +37,31 @@ def test_a_fork_of_a_registered_process_dies_when_that_process_is_killed(tmp_pat
     while state(helper) not in ("Z", "gone") and time.time() < deadline:
         time.sleep(0.05)
     assert state(helper) in ("Z", "gone")  # killed by the kernel with its parent (a zombie until init reaps it)
+
+
+def test_a_demo_stage_dies_when_the_demo_is_killed(tmp_path):
+    """A killed demo (a test's timeout, ^C) must not leave its running stage behind: it once left `sidgr lm eval`."""
+    import sys
+    from sidgr.experiments.pipeline import Plan, Runner
+
+    child = os.fork()
+    if child == 0:  # the "demo": runs one stage that records its pid and then sleeps
+        try:
+            plan = Plan(out=tmp_path, data=tmp_path, quick=True, nproc=1, steps=None, eval_interval=None,
+                        beam_width=1)
+            stage = "import os, time; open(os.environ['PIDFILE'], 'w').write(str(os.getpid())); time.sleep(60)"
+            Runner(plan, 1)("sleeper", [sys.executable, "-c", stage], env={"PIDFILE": str(tmp_path / "stage")})
+        finally:
+            os._exit(0)
+    deadline = time.time() + 20
+    while not (tmp_path / "stage").exists() or not (tmp_path / "stage").read_text():
+        assert time.time() < deadline, "the stage never started"
+        time.sleep(0.05)
+    stage = int((tmp_path / "stage").read_text())
+    assert state(stage) in ("S", "R")
+    os.kill(child, signal.SIGKILL)
+    os.waitpid(child, 0)
+    deadline = time.time() + 5
+    while state(stage) not in ("Z", "gone") and time.time() < deadline:
+        time.sleep(0.05)
+    assert state(stage) in ("Z", "gone")

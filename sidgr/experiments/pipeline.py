@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sidgr.logs import progress_bar
+from sidgr.process import die_with_parent
 
 from sidgr.experiments.datasets import DATASETS, DatasetSpec
 
@@ -74,7 +75,9 @@ class Runner:
         with open(log, "w") as fh:
             fh.write(f"$ {line}\n")
             fh.flush()
-            proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+            # a stage dies with the demo: a killed demo (a test's timeout, ^C on a hung stage) leaves nothing running
+            proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                                  preexec_fn=die_with_parent)
         self.timings[name] = time.perf_counter() - t0
         if proc.returncode:
             tail = "\n".join(log.read_text().splitlines()[-25:])
