@@ -37,7 +37,10 @@ class Engine:
         self.item_table = self.catalog_vectors() if files.arch.dense_weight > 0 else None
 
     def catalog_vectors(self) -> torch.Tensor:
-        """Every catalog item's ITEM vector [N, h]: the item side of the dense item-level score."""
+        """Every catalog item's vector on the item side of the dense item-level score [N, h]: its ITEM vector, or
+        its own row (dense_head 'table')."""
+        if self.arch.dense_head == "table":
+            return self.model.embedding.dense_items.weight.detach()
         offsets = torch.tensor(self.arch.level_offsets, dtype=torch.int64)
         codes = self.mapping.codes.to(torch.int64).t() + offsets
         with torch.no_grad():

@@ -132,7 +132,8 @@ def unstack_layers(tensors: dict[str, torch.Tensor], num_layers: int, source) ->
 def strip_vocab_padding(tensors: dict[str, torch.Tensor], arch: ModelArch, source) -> dict[str, torch.Tensor]:
     want = expected_shapes(arch)
     out = dict(tensors)
-    padded = ("embedding.codes.", "embedding.items.", "embedding.prefixes.", "heads.")  # vocab-parallel tables
+    padded = ("embedding.codes.", "embedding.items.", "embedding.prefixes.", "embedding.dense_items.",
+              "heads.")  # vocab-parallel tables
     for name in [n for n in out if n.startswith(padded)]:
         if name not in want:
             continue

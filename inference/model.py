@@ -35,6 +35,8 @@ class Embeddings(nn.Module):
                 raise ValueError("history 'prefixn' needs the catalog's prefix node ids")
             self.prefixes = nn.ModuleList(nn.Embedding(n, arch.hidden_size) for n in arch.prefix_counts)
             self.register_buffer("item_prefixes", prefix_nodes.t().contiguous(), persistent=False)
+        if arch.dense_head == "table":
+            self.dense_items = nn.Embedding(arch.num_items, arch.hidden_size)
         self.bos = nn.Parameter(torch.zeros(arch.hidden_size))
         self.positions = nn.Embedding(arch.max_positions, arch.hidden_size)
 

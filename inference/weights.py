@@ -61,13 +61,15 @@ def expected_shapes(arch: ModelArch) -> dict[str, tuple[int, ...]]:
 
 
 def item_table_shapes(arch: ModelArch) -> dict[str, tuple[int, ...]]:
-    """The ITEM tokens' id and prefix tables (history '+id' / 'prefixn')."""
+    """The ITEM tokens' id and prefix tables (history '+id' / 'prefixn'), and the dense score's own item table."""
     shapes = {}
     if "id" in arch.item_parts:
         shapes["embedding.items.weight"] = (arch.num_items, arch.hidden_size)
     if "prefixn" in arch.item_parts:
         for h, n in enumerate(arch.prefix_counts):
             shapes[f"embedding.prefixes.{h}.weight"] = (n, arch.hidden_size)
+    if arch.dense_head == "table":
+        shapes["embedding.dense_items.weight"] = (arch.num_items, arch.hidden_size)
     return shapes
 
 

@@ -9,6 +9,7 @@ HeadMode = Literal["shared", "per_level"]
 # how later tokens see a history item: "codes" (its H code tokens) or one ITEM token composed like the item
 # models' inputs: the sum of its code embeddings (rqsum) or of its prefix embeddings (prefixn), plus an item-id row
 HISTORY_MODES = ("codes", "rqsum", "prefixn", "rqsum+id", "prefixn+id")
+DENSE_HEADS = ("tied", "table")
 
 
 def item_parts(history: str) -> tuple[str, ...]:
@@ -41,6 +42,9 @@ class ModelArch:
     # the engine's default weight of the dense score at retrieval (None: dense_weight), chosen on validation: the
     # loss weight that trains the model best need not be the ranking weight that retrieves best
     retrieval_dense_weight: float | None = None
+    # the dense score's item side: 'tied' (the history's ITEM vectors) or 'table' (its own row per item,
+    # `embedding.dense_items`, as SASRec-CE and SID-input score; needs '+id' history, whose catalog cannot grow)
+    dense_head: str = "tied"
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
@@ -60,6 +64,10 @@ class ModelArch:
         if self.retrieval_dense_weight is not None and (self.retrieval_dense_weight < 0 or not self.dense_weight):
             raise ValueError(f"retrieval_dense_weight={self.retrieval_dense_weight}: must be >= 0, and needs a model "
                              f"trained with the dense score (dense_weight > 0, got {self.dense_weight})")
+        if self.dense_head not in DENSE_HEADS or (self.dense_head == "table" and
+                                                  not (self.dense_weight > 0 and "id" in self.item_parts)):
+            raise ValueError(f"dense_head={self.dense_head!r}: expected one of {DENSE_HEADS}; 'table' needs "
+                             f"dense_weight > 0 and '+id' history (got {self.dense_weight}, {self.history!r})")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"hidden_size={self.hidden_size} not divisible by num_attention_heads="
                              f"{self.num_attention_heads}")

@@ -44,12 +44,12 @@ def test_engine_logits_equal_megatron(tmp_path, tp):
     batch_catalog(sids).save(tmp_path / "sids")
     run_torchrun("tests/dist/engine_megatron_worker.py", tp, tp, tmp_path, timeout=300)
 
-    for head_mode, history, dense_weight in VARIANTS:
-        name = variant_name(head_mode, history, dense_weight)
+    for head_mode, history, dense_weight, dense_head in VARIANTS:
+        name = variant_name(head_mode, history, dense_weight, dense_head)
         export_checkpoint(tmp_path / name / "checkpoints" / "iter_0000001", tmp_path / f"engine_{name}")
         files = load_engine(tmp_path / f"engine_{name}")
-        assert (files.arch.head_mode, files.arch.history, files.arch.dense_weight) == (head_mode, history,
-                                                                                     dense_weight)
+        assert (files.arch.head_mode, files.arch.history, files.arch.dense_weight, files.arch.dense_head) == (
+            head_mode, history, dense_weight, dense_head)
         model = Engine(files).model
         ref = torch.load(tmp_path / f"{name}.pt")
         check_scores_are_training_likelihood(tmp_path / f"engine_{name}", sids, lengths, ref)

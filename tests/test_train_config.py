@@ -132,6 +132,10 @@ def test_wrong_value_types_are_one_line_errors_before_anything_starts(tmp_path, 
     (1, ["ModelConfig.dense_weight=-1.0", 'ModelConfig.history="rqsum"'], "ModelConfig.dense_weight=-1.0: must be >= 0"),
     (1, ["ModelConfig.dense_weight=0.0", "ModelConfig.retrieval_dense_weight=2.0"],
      "ModelConfig.retrieval_dense_weight=2.0: must be >= 0, and needs ModelConfig.dense_weight > 0"),
+    (1, ["ModelConfig.dense_weight=1.0", 'ModelConfig.history="prefixn"', 'ModelConfig.dense_head="table"'],
+     "ModelConfig.dense_head='table': 'table' needs ModelConfig.dense_weight > 0 and '+id' history"),
+    (1, ["ModelConfig.dense_weight=0.0", 'ModelConfig.history="rqsum+id"', 'ModelConfig.dense_head="table"'],
+     "ModelConfig.dense_head='table': 'table' needs ModelConfig.dense_weight > 0 and '+id' history"),
 ])
 def test_impossible_parallel_layouts_are_one_line_errors_before_torchrun(tmp_path, capsys, nproc, bindings, message):
     from sidgr.cli import main

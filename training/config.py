@@ -67,6 +67,9 @@ class ModelConfig:
     dense_weight: float = 0.0
     # the engine's default ranking weight of that score (None: dense_weight); tuned on validation after training
     retrieval_dense_weight: float | None = None
+    # the dense score's item side: 'tied' (the history's ITEM vectors, LIGER-style) or 'table' (an output row per
+    # item, as the item-level models score; needs '+id' history)
+    dense_head: Literal["tied", "table"] = "tied"
     codebook_sizes: tuple = ()  # () = take them from the SID mapping; else must match it
     dropout: float = 0.1  # embedding, attention and hidden dropout
     layernorm_epsilon: float = 1e-5
@@ -111,7 +114,8 @@ def model_arch(model: ModelConfig, codebook_sizes, max_items: int, mapping=None)
                      num_layers=model.num_layers, num_attention_heads=model.num_attention_heads,
                      ffn_hidden_size=model.ffn_hidden_size, max_items=max_items, head_mode=model.head_mode,
                      layernorm_epsilon=model.layernorm_epsilon, history=model.history,
-                     dense_weight=model.dense_weight, retrieval_dense_weight=model.retrieval_dense_weight, **tables)
+                     dense_weight=model.dense_weight, retrieval_dense_weight=model.retrieval_dense_weight,
+                     dense_head=model.dense_head, **tables)
 
 
 def check_parallel_layout(model: ModelConfig, parallel: ParallelConfig, global_batch_size: int, nproc: int,
@@ -134,6 +138,8 @@ def check_parallel_layout(model: ModelConfig, parallel: ParallelConfig, global_b
         (model.retrieval_dense_weight is None or (model.retrieval_dense_weight >= 0 and model.dense_weight > 0)
          or model.kind == "item", "ModelConfig.retrieval_dense_weight", model.retrieval_dense_weight,
          "must be >= 0, and needs ModelConfig.dense_weight > 0"),
+        (model.kind == "item" or model.dense_head == "tied" or (model.dense_weight > 0 and "+id" in model.history),
+         "ModelConfig.dense_head", model.dense_head, "'table' needs ModelConfig.dense_weight > 0 and '+id' history"),
     ]
     for ok, name, value, why in checks:
         if not ok:

@@ -87,7 +87,7 @@ def item_arch(arch: ModelArch, catalog: ItemCatalog, item_input: str, item_head:
         raise ValueError(f"item_head={item_head!r}: expected one of {ITEM_HEADS}")
     # ModelConfig.history and dense_weight are SID-GR's: an item model's input is item_input, its output a full
     # softmax (configs may share one ModelConfig)
-    return replace(arch, history="codes", num_items=0, prefix_counts=(), dense_weight=0.0,
+    return replace(arch, history="codes", num_items=0, prefix_counts=(), dense_weight=0.0, dense_head="tied",
                    retrieval_dense_weight=None,
                    extra={"kind": "item", "item_input": item_input, "item_head": item_head, "temperature": temperature,
                           "num_items": catalog.num_items, "prefix_counts": list(catalog.prefix_counts)})

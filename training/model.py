@@ -103,6 +103,10 @@ class SIDEmbedding(MegatronModule):
             offsets = torch.tensor(arch.level_offsets, dtype=torch.int64).unsqueeze(1)
             self.register_buffer("catalog_codes", (catalog_codes.to(torch.int64) + offsets).t().contiguous(),
                                  persistent=False)
+        if arch.dense_head == "table":
+            self.dense_items = tensor_parallel.VocabParallelEmbedding(
+                num_embeddings=padded_size(arch.num_items, pad_multiple, tp), embedding_dim=hidden,
+                init_method=config.init_method, config=config)
         self.bos = torch.nn.Parameter(torch.empty(arch.hidden_size, dtype=config.params_dtype))
         self.positions = torch.nn.Embedding(arch.max_positions, arch.hidden_size, dtype=config.params_dtype)
         with torch.no_grad():
@@ -122,8 +126,11 @@ class SIDEmbedding(MegatronModule):
         return x
 
     def catalog_vectors(self) -> torch.Tensor:
-        """Every catalog item's ITEM vector [N, hidden] (the dense item-level score's item side)."""
+        """Every catalog item's vector on the dense item-level score's item side [N, hidden]: its ITEM vector, or
+        its `dense_items` row (dense_head 'table'; full rows on every TP rank, all-reduced like the ITEM tables)."""
         pids = torch.arange(self.catalog_codes.shape[0], device=self.catalog_codes.device)
+        if hasattr(self, "dense_items"):
+            return self.dense_items(pids)
         return self.item_vectors(self.catalog_codes, pids)
 
     def forward(self, tokens, is_bos, positions, is_item, item_codes, item_pids) -> torch.Tensor:

@@ -12,9 +12,10 @@ from pathlib import Path
 import torch
 
 SIZES = (6, 5, 7)  # vocab 18: padded to 24 by the trainer (pad multiple 8), stripped by export
-VARIANTS = (("shared", "codes", 0.0), ("per_level", "codes", 0.0), ("shared", "rqsum", 0.0),
-            ("per_level", "prefixn+id", 0.0), ("shared", "prefixn+id", 0.7))
-# (head_mode, history, dense_weight); the catalog is the batch itself: item b * L + l is row b's item l (SIDs unique)
+VARIANTS = (("shared", "codes", 0.0, "tied"), ("per_level", "codes", 0.0, "tied"), ("shared", "rqsum", 0.0, "tied"),
+            ("per_level", "prefixn+id", 0.0, "tied"), ("shared", "prefixn+id", 0.7, "tied"),
+            ("shared", "prefixn+id", 0.7, "table"))
+# (head_mode, history, dense_weight, dense_head); the catalog is the batch itself: item b * L + l is row b's item l (SIDs unique)
 
 
 def make_batch(seed=0):
@@ -41,11 +42,12 @@ def worker(tp: int, out_dir: str) -> None:
         teardown()
 
 
-def variant_name(head_mode: str, history: str, dense_weight: float) -> str:
-    return f"{head_mode}_{history}" + (f"_dense{dense_weight}" if dense_weight else "")
+def variant_name(head_mode: str, history: str, dense_weight: float, dense_head: str) -> str:
+    return f"{head_mode}_{history}" + (f"_dense{dense_weight}_{dense_head}" if dense_weight else "")
 
 
-def build_save_forward(tp: int, head_mode: str, history: str, dense_weight: float, out: Path, info) -> None:
+def build_save_forward(tp: int, head_mode: str, history: str, dense_weight: float, dense_head: str, out: Path,
+                       info) -> None:
     """Build, perturb, save a checkpoint; rank 0 writes the Megatron model's full hidden states and logits."""
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
@@ -63,7 +65,7 @@ def build_save_forward(tp: int, head_mode: str, history: str, dense_weight: floa
     seed_everything(7)
     mcfg = ModelConfig(hidden_size=32, num_layers=2, num_attention_heads=4, ffn_hidden_size=64,
                        head_mode=head_mode, history=history, dropout=0.0, init_method_std=0.2,
-                       dense_weight=dense_weight)
+                       dense_weight=dense_weight, dense_head=dense_head)
     mapping = SIDMapping.load(out / "sids.json")
     arch = model_arch(mcfg, SIZES, max_items=5, mapping=mapping)
     nodes = PrefixIndex.build(mapping).prefix_nodes(mapping.codes) if "prefixn" in arch.item_parts else None
@@ -75,7 +77,7 @@ def build_save_forward(tp: int, head_mode: str, history: str, dense_weight: floa
     ddp = wrap_ddp(model, ocfg, ParallelConfig(tensor_parallel=tp))
     optimizer = build_optimizer(ddp, ocfg)
     scheduler = build_scheduler(optimizer, ocfg, 1)
-    name = variant_name(head_mode, history, dense_weight)
+    name = variant_name(head_mode, history, dense_weight, dense_head)
     save_checkpoint(out / name, 1, model, optimizer, scheduler, {}, arch, "", str(out / "sids.json"), 1)
 
     sids, lengths = make_batch()
