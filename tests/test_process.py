@@ -13,6 +13,18 @@ def state(pid: int) -> str:
         return "gone"
 
 
+def kill_and_check_orphan_dies(parent: int, orphan: int) -> None:
+    """SIGKILL `parent`; `orphan` (its running child) must be killed by the kernel with it within 5 s (a zombie
+    until init reaps it)."""
+    assert state(orphan) in ("S", "R")
+    os.kill(parent, signal.SIGKILL)
+    os.waitpid(parent, 0)
+    deadline = time.time() + 5
+    while state(orphan) not in ("Z", "gone") and time.time() < deadline:
+        time.sleep(0.05)
+    assert state(orphan) in ("Z", "gone")
+
+
 def test_a_fork_of_a_registered_process_dies_when_that_process_is_killed(tmp_path):
     child = os.fork()
     if child == 0:  # the "worker": registers, forks a long-lived helper, then waits
@@ -29,14 +41,7 @@ def test_a_fork_of_a_registered_process_dies_when_that_process_is_killed(tmp_pat
     deadline = time.time() + 10
     while not (tmp_path / "helper").exists() and time.time() < deadline:
         time.sleep(0.05)
-    helper = int((tmp_path / "helper").read_text())
-    assert state(helper) in ("S", "R")
-    os.kill(child, signal.SIGKILL)
-    os.waitpid(child, 0)
-    deadline = time.time() + 5
-    while state(helper) not in ("Z", "gone") and time.time() < deadline:
-        time.sleep(0.05)
-    assert state(helper) in ("Z", "gone")  # killed by the kernel with its parent (a zombie until init reaps it)
+    kill_and_check_orphan_dies(child, int((tmp_path / "helper").read_text()))
 
 
 def test_a_demo_stage_dies_when_the_demo_is_killed(tmp_path):
@@ -57,11 +62,4 @@ def test_a_demo_stage_dies_when_the_demo_is_killed(tmp_path):
     while not (tmp_path / "stage").exists() or not (tmp_path / "stage").read_text():
         assert time.time() < deadline, "the stage never started"
         time.sleep(0.05)
-    stage = int((tmp_path / "stage").read_text())
-    assert state(stage) in ("S", "R")
-    os.kill(child, signal.SIGKILL)
-    os.waitpid(child, 0)
-    deadline = time.time() + 5
-    while state(stage) not in ("Z", "gone") and time.time() < deadline:
-        time.sleep(0.05)
-    assert state(stage) in ("Z", "gone")
+    kill_and_check_orphan_dies(child, int((tmp_path / "stage").read_text()))
