@@ -125,14 +125,18 @@ def test_selected_checkpoint_is_the_argmax_of_the_recorded_valid_scores(demo, su
 
 def test_test_target_is_evaluated_once_per_model_with_the_selected_checkpoint(demo, summary, commands):
     data = demo.parent / "data"
+    sweep_users = Path(summary["beam_vs_exact"]["users"])  # --quick: a seeded sample of the test users
+    assert sweep_users.parent == data and sweep_users.name.startswith("test_sample")
     evals = [a for a in commands if a[0] == "evaluate"]
     on_test = [Path(flag(a, "--out")) for a in evals if Path(flag(a, "--targets")) == data / "test.parquet"]
-    on_valid = [Path(flag(a, "--out")) for a in evals if Path(flag(a, "--targets")) == data / "valid.parquet"]
-    assert len(on_test) + len(on_valid) == len(evals)
+    on_sample = [Path(flag(a, "--out")) for a in evals if Path(flag(a, "--targets")) == sweep_users]
+    on_valid = [Path(flag(a, "--out")) for a in evals if Path(flag(a, "--targets")).name.startswith("valid")]
+    assert len(on_test) + len(on_sample) + len(on_valid) == len(evals)
     for row, run_dir in RUN_DIRS.items():
         assert on_test.count(demo / run_dir / "test") == 1, row
+    assert len(on_test) == len(RUN_DIRS)
     # the only other test evaluations are the beam-width analysis of the selected SID-GR engine
-    assert all(out.parent == demo / "beam_sweep" for out in on_test if out.name != "test")
+    assert on_sample and all(out.parent == demo / "beam_sweep" for out in on_sample)
     assert on_valid == []  # SID-GR checkpoints are scored on valid by the trainer (TrainerConfig.select_best)
     # the test lists come from the selected checkpoint, and nothing else of a model reads the test users
     selection = summary["selection"]
@@ -148,18 +152,23 @@ def test_test_target_is_evaluated_once_per_model_with_the_selected_checkpoint(de
     assert sweep_engines == {selection["sidgr_collab"]["engine"]}
 
 
-def test_no_candidate_is_invalid_repeated_or_in_the_history(demo):
+def test_no_candidate_is_invalid_repeated_or_in_the_history(demo, summary, commands):
     data = demo.parent / "data"
     num_items = pq.read_metadata(data / "items.parquet").num_rows
+    valid_users = {b.split("=", 1)[1].strip("'") for a in commands if a[0] == "train" and "sidgr_" in " ".join(a)
+                   for b in a if b.startswith("DataConfig.valid_path=")}  # what the trainer scored checkpoints on
+    assert len(valid_users) == 1 and Path(next(iter(valid_users))).name.startswith("valid_sample")  # --quick's
+    splits = {"test": data / "test.parquet", "sweep": Path(summary["beam_vs_exact"]["users"]),
+              "valid": Path(valid_users.pop())}
     histories = {split: dict(zip(t["user_id"], map(set, t["item_ids"])))
-                 for split in ("valid", "test")
-                 for t in [pq.read_table(data / f"{split}.parquet", columns=["user_id", "item_ids"]).to_pydict()]}
+                 for split, path in splits.items()
+                 for t in [pq.read_table(path, columns=["user_id", "item_ids"]).to_pydict()]}
     lists = [(demo / d / "test_candidates.parquet", "test") for d in RUN_DIRS.values()]
-    lists += [(p, "test") for p in sorted((demo / "beam_sweep").glob("*.parquet"))]
+    lists += [(p, "sweep") for p in sorted((demo / "beam_sweep").glob("*.parquet"))]
     lists += [(p, "valid") for p in sorted(demo.glob("sidgr_*/selection/*.parquet"))]  # the trainer's scoring
     # every model's list, the sweep's exact and W=256 lists, and each SID-GR row's validation list
     assert len(lists) >= len(RUN_DIRS) + 2 + sum(d.startswith("sidgr_") for d in RUN_DIRS.values())
-    swept = json.loads((demo / "summary.json").read_text())["beam_vs_exact"]["top10_equal_to_exact"]
+    swept = summary["beam_vs_exact"]["top10_equal_to_exact"]
     for path, split in lists:
         table = pq.read_table(path, columns=["user_id", "item_ids"]).to_pydict()
         history = histories[split]

@@ -117,24 +117,47 @@ def test_a_non_finite_loss_stops_the_run_in_one_line_and_saves_nothing_after_it(
     assert all(s < failed_at for s in saved), (saved, failed_at)
 
 
-def test_kill9_during_a_checkpoint_save_then_resume_ends_bit_identical(tmp_path):
+# The interrupted runs below end as this uninterrupted one: 12 steps, a checkpoint after every step.
+EVERY_STEP = ["TrainerConfig.train_steps=12", "TrainerConfig.save_interval=1", "TrainerConfig.eval_interval=0",
+              "TrainerConfig.log_interval=1"]
+
+
+def start_training(run, paths, *extra):
+    return subprocess.Popen([sys.executable, "-m", "sidgr.cli", "train", "--nproc", "2", *extra, "--config",
+                             "configs/tiny_ci.gin", f'TrainerConfig.run_dir="{run}"', *data_overrides(paths),
+                             *EVERY_STEP], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=worker_env())
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """(dataset paths, the uninterrupted run's dir)"""
+    tmp = tmp_path_factory.mktemp("straight")
+    paths = write_dataset(tmp / "data")
+    proc = start_training(tmp / "run", paths)
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()[-3000:]
+    return paths, tmp / "run"
+
+
+def assert_same_losses_and_weights(run, reference):
+    from train_fixtures import flat, read_checkpoint
+
+    def losses(r):  # in logged order: a replayed or skipped step shows
+        lines = [json.loads(x) for x in (r / "metrics.jsonl").read_text().splitlines()]
+        return [(x["step"], x["loss"]) for x in lines if "loss" in x]
+
+    assert losses(run) == losses(reference) and len(losses(reference)) == 12
+    a, b = (dict(flat(read_checkpoint(r / "checkpoints" / "iter_0000012"))) for r in (reference, run))
+    weights = [k for k in a if not k.startswith("optimizer")]
+    assert len(weights) > 10 and all(a[k].equal(b[k]) for k in weights)
+
+
+def test_kill9_during_a_checkpoint_save_then_resume_ends_bit_identical(tmp_path, straight):
     """A checkpoint every step, the launcher killed while one is being written (its temporary exists): the resumed
     run ends with the uninterrupted run's losses and weights, and never loads the half-written one."""
-    from train_fixtures import read_checkpoint
-
-    paths = write_dataset(tmp_path / "data")
-    every_step = ["TrainerConfig.train_steps=10", "TrainerConfig.save_interval=1", "TrainerConfig.eval_interval=0",
-                  "TrainerConfig.log_interval=1"]
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-
-    def train(run, *extra):
-        return subprocess.Popen([sys.executable, "-m", "sidgr.cli", "train", "--nproc", "2", *extra, "--config",
-                                 "configs/tiny_ci.gin", f'TrainerConfig.run_dir="{run}"', *data_overrides(paths),
-                                 *every_step], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=worker_env())
-
-    assert train(straight).wait(timeout=300) == 0
-    first = train(killed)
+    paths, reference = straight
+    killed = tmp_path / "killed"
+    first = start_training(killed, paths)
     caught = None
     deadline = time.time() + 240
     while caught is None and first.poll() is None and time.time() < deadline:
@@ -162,38 +185,18 @@ def test_kill9_during_a_checkpoint_save_then_resume_ends_bit_identical(tmp_path)
     while ours() and time.time() < deadline:
         time.sleep(0.2)
     assert not ours(), f"outlived the killed launcher: {ours()}"
-    resumed = train(killed, "--resume")
+    resumed = start_training(killed, paths, "--resume")
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()[-3000:]
     assert not list((killed / "checkpoints").glob(".iter_*.tmp"))
-
-    def losses(run):
-        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-        return {r["step"]: r["loss"] for r in lines if "loss" in r}
-
-    assert losses(killed) == losses(straight) and len(losses(straight)) == 10
-    a, b = (read_checkpoint(run / "checkpoints" / "iter_0000010") for run in (straight, killed))
-    weights = [k for k, v in a.items() if not k.startswith("optimizer") and hasattr(v, "shape")]
-    assert len(weights) > 10 and all(a[k].equal(b[k]) for k in weights)
+    assert_same_losses_and_weights(killed, reference)
 
 
-def test_a_killed_worker_is_restarted_and_the_run_ends_as_if_uninterrupted(tmp_path):
-    """--max-restarts 1, DP=2: kill -9 one worker after the first checkpoint; torchrun restarts the group, which
+def test_a_killed_worker_is_restarted_and_the_run_ends_as_if_uninterrupted(tmp_path, straight):
+    """--max-restarts 1, DP=2: kill -9 one worker after the fourth checkpoint; torchrun restarts the group, which
     resumes from the latest complete checkpoint by itself; losses and weights equal an uninterrupted run's."""
-    from train_fixtures import flat, read_checkpoint
-
-    paths = write_dataset(tmp_path / "data")
-    steps = ["TrainerConfig.train_steps=30", "TrainerConfig.save_interval=4", "TrainerConfig.eval_interval=0",
-             "TrainerConfig.log_interval=1"]
-
-    def train(run, *extra):
-        return subprocess.Popen([sys.executable, "-m", "sidgr.cli", "train", "--nproc", "2", *extra, "--config",
-                                 "configs/tiny_ci.gin", f'TrainerConfig.run_dir="{run}"', *data_overrides(paths),
-                                 *steps], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=worker_env())
-
-    assert train(tmp_path / "straight").wait(timeout=300) == 0
+    paths, reference = straight
     run = tmp_path / "elastic"
-    proc = train(run, "--max-restarts", "1")
+    proc = start_training(run, paths, "--max-restarts", "1")
     deadline, killed = time.time() + 240, None
     while killed is None and proc.poll() is None and time.time() < deadline:
         if any((run / "checkpoints").glob("iter_0000004")):
@@ -210,12 +213,4 @@ def test_a_killed_worker_is_restarted_and_the_run_ends_as_if_uninterrupted(tmp_p
         time.sleep(0.05)
     assert killed is not None, "the run ended before a worker could be killed"
     assert proc.wait(timeout=300) == 0, proc.stderr.read()[-3000:]
-
-    def losses(r):
-        lines = [json.loads(x) for x in (r / "metrics.jsonl").read_text().splitlines()]
-        return [(x["step"], x["loss"]) for x in lines if "loss" in x]
-
-    assert losses(run) == losses(tmp_path / "straight") and len(losses(run)) == 30  # no duplicated steps either
-    a, b = (dict(flat(read_checkpoint(r / "checkpoints" / "iter_0000030"))) for r in (tmp_path / "straight", run))
-    weights = [k for k in a if not k.startswith("optimizer")]
-    assert len(weights) > 10 and all(a[k].equal(b[k]) for k in weights)
+    assert_same_losses_and_weights(run, reference)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from sidgr.experiments.datasets import DATASETS
@@ -17,9 +18,15 @@ from sidgr.experiments.pipeline import (Plan, Runner, beam_vs_exact, item_baseli
                                         sidgr)
 
 
+QUICK_SAMPLE = 250  # --quick scores SID-GR checkpoints and the beam-vs-exact sweep on this many seeded users
+
+
 def make_plan(args) -> Plan:
     where = dict(out=Path(args.out), data=Path(args.data), nproc=args.nproc, dataset=DATASETS[args.dataset])
     if args.quick:
+        spec = where["dataset"]
+        where["dataset"] = replace(spec, valid_users=min(spec.valid_users or QUICK_SAMPLE, QUICK_SAMPLE),
+                                   sweep_users=min(spec.sweep_users or QUICK_SAMPLE, QUICK_SAMPLE))
         return Plan(**where, quick=True, steps=20, eval_interval=20, beam_width=64, bootstrap=200,
                     beam_sweep=(256,))  # a 20-step model is flat: W=64 finds the exact top-10 for only ~84% of users
     steps = args.steps if args.steps is not None else (400 if args.dataset == "ml100k" else None)
