@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# One SID-GR row (the collaborative SIDs, the Beauty and ML-1M demos' default): every SIDs kind is the same stage
-# on another mapping, and three of them cost the suite about two minutes; the tokenizing stages of all three run.
+# One SID-GR row (the collaborative SIDs, the Beauty and ML-1M demos' default): every SIDs kind is the same stages
+# on another mapping, and three of them cost the suite about two minutes.
 ROWS = ["popularity", "sasrec_ce", "sid_input", "sid-gr (collab)"]
 CELL = re.compile(r"^0\.\d{4} \[0\.\d{4}, 0\.\d{4}\]$")
 RUN_DIRS = {"popularity": "popularity", "sasrec_ce": "sasrec_ce", "sid_input": "sid_input",

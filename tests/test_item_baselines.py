@@ -198,8 +198,10 @@ def test_cosine_scoring_trains_the_same_under_tp2(synth):
     one, two = (_train(synth, "id", False, "12", tp, env) for tp in (1, 2))
     np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-5)
     assert one["losses"][-1] < one["losses"][0]
-    dot = _train(synth, "id", False, "12", 1, {"ITEM_TRAIN_DROPOUT": "0"})
-    assert abs(dot["losses"][0] - one["losses"][0]) > 1e-3
+    # At init a dot product with the small item table scores every item nearly alike (first loss within ~0.02 of
+    # log N); cosine / 0.1 spreads the logits (std ~ 10 / sqrt(hidden)), which lifts the first loss well above it.
+    n_items = pq.read_metadata(synth[1]["items"]).num_rows
+    assert one["losses"][0] - np.log(n_items) > 0.2, (one["losses"][0], np.log(n_items))
 
 
 def _grown_mapping(path: str, out: Path, new_items: int = 6) -> SIDMapping:

@@ -82,10 +82,13 @@ def tokenize(run: Runner, plan: Plan, name: str, flags: list, embeddings: Path |
     return out / "sids.json"
 
 
-def collaborative_sids(run: Runner, plan: Plan, sasrec_checkpoint: Path) -> dict[str, Path]:
-    """Item embeddings of the SASRec-CE checkpoint selected on valid (trained on train only), tokenized."""
+def collaborative_sids(run: Runner, plan: Plan, sasrec_checkpoint: Path, names: list[str]) -> dict[str, Path]:
+    """Item embeddings of the SASRec-CE checkpoint selected on valid (trained on train only), tokenized: the
+    collaborative SIDs of `names` (those a SID-GR row trains on)."""
     mappings = {}
     for name, flags in plan.dataset.collab_sids.items():
+        if name not in names:
+            continue
         emb = plan.data / f"embeddings_{name}.npy"
         run(f"embeddings_{name}", sidgr("export-embeddings", "--checkpoint", sasrec_checkpoint,
                                         "--items", plan.data / "items.parquet", "--out", emb, *flags))
@@ -95,7 +98,8 @@ def collaborative_sids(run: Runner, plan: Plan, sasrec_checkpoint: Path) -> dict
 
 def stage_count(plan: Plan, trained: list[str]) -> int:
     spec = plan.dataset
-    sids = 1 + len(spec.text_sids) + 2 * len(spec.collab_sids)  # prepare, tokenize; export + tokenize
+    collab = set(spec.collab_sids) & set(trained)
+    sids = 1 + len(spec.text_sids) + 2 * len(collab)  # prepare, tokenize; export + tokenize
     reads = len(plan.test_splits())
     models = 1 + 2 + len(trained)  # popularity, the item models, SID-GR
     tests = (2 + len(trained)) + models * 2 * reads  # trainings; candidates + evaluation per read
@@ -128,7 +132,7 @@ def main(argv=None) -> int:
     for name, family in (("sasrec_ce", "sasrec"), ("sid_input", "sidinput")):
         rows[name], selection[name] = item_baseline(run, plan, name, spec.config(family), primary)
     mappings.update(collaborative_sids(run, plan, rows["sasrec_ce"] / "checkpoints" /
-                                       selection["sasrec_ce"]["selected"]))
+                                       selection["sasrec_ce"]["selected"], args.sids))
     for method in args.sids:
         rows[f"sid-gr ({method})"], selection[f"sidgr_{method}"] = sid_gr(run, plan, method, mappings[method])
 
