@@ -5,6 +5,8 @@
         --out results/
     sidgr report beam --exact runs/gr/eval_exact --beam 16=runs/gr/eval_w16 --beam 256=runs/gr/eval_w256 \
         --out results/
+    sidgr report segments --run sasrec=runs/sasrec/eval --run sid-gr=runs/gr/eval --paired-baseline sasrec \
+        --targets data/test.parquet --train data/train.parquet --out results/
 
 `--run NAME=PATH` takes an evaluation directory (or its metrics.json) for `table`, and a trainer `metrics.jsonl`
 (one JSON object per line) for `curves`; the key names read from the log are listed in STEP_KEYS, LOSS_KEYS and
@@ -20,6 +22,7 @@ from sidgr.errors import input_error
 from sidgr.help_format import HelpFormatter
 from sidgr.io import atomic_path
 from sidgr.logs import get_logger
+from sidgr.segments import SEGMENT_KEYS
 
 DEFAULT_COLUMNS = ("recall@10", "ndcg@10", "recall@50", "coverage@10")
 STEP_KEYS = ("step", "iteration", "iter", "global_step")
@@ -252,8 +255,58 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     beam.add_argument("--metrics", default="recall@10,recall@100,recall@500,recall@1000",
                       help="comma-separated; those every evaluation has are drawn")
     beam.add_argument("--latency", action="append", default=[], help="WIDTH=MS_PER_USER (repeat)")
-    for p in (table, curves, beam):
+    seg = sub.add_parser("segments", formatter_class=fmt,
+                         help="each model's metrics per user segment (target popularity or history length) with "
+                              "paired CIs against a baseline: segments_BY.md/.json/.png")
+    seg.add_argument("--run", action="append", required=True, help="NAME=EVAL_DIR (repeat; column order kept)")
+    seg.add_argument("--paired-baseline", required=True, help="NAME of the run the differences are taken to")
+    seg.add_argument("--targets", required=True, help="the evaluated split (valid/test parquet: users, histories)")
+    seg.add_argument("--train", help="the training sequences whose item counts make the target's popularity")
+    seg.add_argument("--by", default="target-popularity", choices=SEGMENT_KEYS)
+    seg.add_argument("--segments", type=int, default=4, help="quantile segments of the users (ties kept together)")
+    seg.add_argument("--metrics", default="recall@10,recall@50", help="comma-separated per-user metrics")
+    for p in (table, curves, beam, seg):
         p.add_argument("--out", required=True, help="output directory")
+
+
+def write_segments(args: argparse.Namespace) -> list[Path]:
+    import numpy as np
+
+    from sidgr import segments
+
+    dirs = _named(args.run, "--run")
+    if args.paired_baseline not in dirs:
+        raise input_error("--paired-baseline", "name", args.paired_baseline, f"not one of the runs {sorted(dirs)}")
+    if args.by == "target-popularity" and not args.train:
+        raise input_error("--train", "path", None, "target-popularity segments count the training sequences")
+    reports = {name: load_report(path) for name, path in dirs.items()}
+    catalogs = {name: r["inputs"]["num_items"] for name, r in reports.items()}
+    if len(set(catalogs.values())) > 1:
+        raise input_error("report", "num_items", catalogs, "runs were evaluated on different catalogs")
+    users, keys = segments.user_keys(args.by, args.targets, args.train, next(iter(catalogs.values())))
+    parts = segments.quantile_segments(keys, args.segments)
+    boot = reports[args.paired_baseline].get("bootstrap", {})
+    tables, text = {}, []
+    for metric in (m for m in args.metrics.split(",") if m):
+        values = {}
+        for name, path in dirs.items():
+            run_users, values[name] = per_user_metric(path, metric)
+            if not np.array_equal(run_users, users):
+                raise input_error(path, "user_id", f"{len(run_users)} users", f"not the users of {args.targets}")
+        tables[metric] = segments.segment_rows(values, args.paired_baseline, parts, boot.get("samples") or 1000,
+                                               boot.get("seed", 0))
+        text.append(f"**{metric}** by {segments.KEY_LABELS[args.by]}\n\n"
+                    + segments.markdown(tables[metric], args.by, metric, args.paired_baseline))
+    out = Path(args.out)
+    md, js = out / f"segments_{args.by}.md", out / f"segments_{args.by}.json"
+    with atomic_path(md) as tmp:
+        tmp.write_text("\n".join(text))
+    with atomic_path(js) as tmp:
+        tmp.write_text(json.dumps({"by": args.by, "targets": str(args.targets), "train": args.train,
+                                   "baseline": args.paired_baseline, "runs": dirs, "metrics": tables}, indent=2)
+                       + "\n")
+    print("\n".join(text))
+    return [md, js, segments.plot(tables, args.by, out / f"segments_{args.by}.png")]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -272,6 +325,8 @@ def run(args: argparse.Namespace) -> int:
         written = [path]
     elif args.what == "curves":
         written = plot_curves({n: read_jsonl(p) for n, p in _named(args.run, "--run").items()}, args.out)
+    elif args.what == "segments":
+        written = write_segments(args)
     else:
         points = {}
         for width, path in _named(args.beam, "--beam").items():

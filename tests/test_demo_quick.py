@@ -71,6 +71,17 @@ def test_selection_used_valid_and_beam_agrees_with_exact(demo):
     assert (demo / "training_loss.png").stat().st_size > 0
 
 
+def test_segments_partition_the_test_users_and_average_to_each_models_metric(demo):
+    seg = json.loads((demo / "segments_target-popularity.json").read_text())
+    assert seg["baseline"] == "sasrec_ce" and (demo / "segments_target-popularity.png").stat().st_size > 0
+    for metric, rows in seg["metrics"].items():
+        assert sum(r["users"] for r in rows) == 943 and len(rows) >= 2
+        assert all(a["high"] < b["low"] for a, b in zip(rows, rows[1:]))  # ordered, no key in two segments
+        for name, run_dir in RUN_DIRS.items():
+            overall = json.loads((demo / run_dir / "test" / "metrics.json").read_text())["metrics"][metric]["mean"]
+            assert sum(r["users"] * r["mean"][name] for r in rows) / 943 == pytest.approx(overall, abs=1e-9)
+
+
 @pytest.fixture(scope="module")
 def summary(demo):
     return json.loads((demo / "summary.json").read_text())

@@ -1,5 +1,6 @@
 """The demo, end to end on one dataset: prepare -> tokenize -> train -> select on valid -> export -> retrieve ->
-evaluate, for popularity, SASRec-CE, SID-input and SID-GR on each set of SIDs, ending with the comparison table.
+evaluate, for popularity, SASRec-CE, SID-input and SID-GR on each set of SIDs, ending with the comparison table and
+each model's test metrics by the target's training popularity (`segments_target-popularity.md`, `.png`).
 
     python scripts/demo.py                          # MovieLens-100K, the full run (the README's main command)
     python scripts/demo.py --quick                  # a smoke run of the same pipeline in a few minutes (CI)
@@ -104,7 +105,7 @@ def stage_count(plan: Plan, trained: list[str]) -> int:
     models = 1 + 2 + len(trained)  # popularity, the item models, SID-GR
     tests = (2 + len(trained)) + models * 2 * reads  # trainings; candidates + evaluation per read
     sweep = 2 + 2 * sum(w >= plan.k for w in plan.beam_sweep) + 1
-    return sids + tests + sweep + reads + 1  # a table per read, the curves
+    return sids + tests + sweep + reads + 2  # a table per read, the segments, the curves
 
 
 def published_table(spec, ours: Path) -> str:
@@ -144,6 +145,10 @@ def main(argv=None) -> int:
         table_runs = sum((["--run", f"{n}={d / split}"] for n, d in rows.items()), [])
         run("table" if split == "test" else f"table_{split}",
             sidgr("report", "table", *table_runs, "--paired-baseline", "sasrec_ce", "--out", tables[split]))
+    # where each model wins: test users by their target's popularity in the training data
+    run("segments", sidgr("report", "segments", *sum((["--run", f"{n}={d / 'test'}"] for n, d in rows.items()), []),
+                          "--paired-baseline", "sasrec_ce", "--targets", plan.data / "test.parquet",
+                          "--train", plan.data / "train.parquet", "--out", plan.out))
     if spec.published:
         (plan.out / "published.md").write_text(published_table(spec, tables[spec.published_split]))
     logs = {n: d / "metrics.jsonl" for n, d in rows.items()}
