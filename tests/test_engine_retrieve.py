@@ -173,7 +173,7 @@ def test_kill9_mid_way_then_rerun_equals_uninterrupted_run(setup):
 
     tmp_path, _ = setup
     g = torch.Generator().manual_seed(1)
-    users = 4000
+    users = 1000  # the kill comes after 3 of its 200 parts: ample margin, and two full retrievals stay short
     hist = [torch.randint(N_ITEMS, (int(n),), generator=g).tolist()
             for n in torch.randint(1, 15, (users,), generator=g)]
     pq.write_table(pa.table({"user_id": list(range(users)), "item_ids": hist}), tmp_path / "many.parquet")
