@@ -22,6 +22,13 @@ def sidgr(*args, check=True):
     return proc
 
 
+def sidgr_here(*args):
+    """A Megatron-free command (export, retrieve, evaluate) in this process: no interpreter start per call."""
+    from sidgr import cli
+
+    assert cli.main([str(a) for a in args]) == 0
+
+
 def train(run, paths, *overrides, resume=False):
     return sidgr("train", "--nproc", "2", "--config", "configs/tiny_ci.gin", *(["--resume"] if resume else []),
                  f'TrainerConfig.run_dir="{run}"', "TrainerConfig.select_best=True", "TrainerConfig.keep_last=1",
@@ -46,14 +53,14 @@ def test_select_best_keeps_and_exports_the_checkpoint_with_the_best_valid_recall
     kept = sorted(p.name for p in (run / "checkpoints").glob("iter_*"))
     assert kept == sorted({f"iter_{best_step:07d}", "iter_0000012"})  # keep_last=1 plus the best
     # the number the trainer logged is the engine's, re-measured here on the kept checkpoint
-    sidgr("export", "--checkpoint", run, "--out", tmp_path / "engine")  # the run dir: its best checkpoint
-    sidgr("export", "--checkpoint", run / "checkpoints" / best["checkpoint"], "--out", tmp_path / "engine_best")
+    sidgr_here("export", "--checkpoint", run, "--out", tmp_path / "engine")  # the run dir: its best checkpoint
+    sidgr_here("export", "--checkpoint", run / "checkpoints" / best["checkpoint"], "--out", tmp_path / "engine_best")
     a = (tmp_path / "engine" / "model.safetensors").read_bytes()
     assert a == (tmp_path / "engine_best" / "model.safetensors").read_bytes()
-    sidgr("retrieve", "--engine", tmp_path / "engine", "--sequences", paths["valid"], "--out",
-          tmp_path / "c.parquet", "--k", 10, "--beam-width", 64)
-    sidgr("evaluate", "--candidates", tmp_path / "c.parquet", "--targets", paths["valid"], "--items", 48,
-          "--out", tmp_path / "eval", "--ks", 10, "--bootstrap", 0)
+    sidgr_here("retrieve", "--engine", tmp_path / "engine", "--sequences", paths["valid"], "--out",
+               tmp_path / "c.parquet", "--k", 10, "--beam-width", 64)
+    sidgr_here("evaluate", "--candidates", tmp_path / "c.parquet", "--targets", paths["valid"], "--items", 48,
+               "--out", tmp_path / "eval", "--ks", 10, "--bootstrap", 0)
     again = json.loads((tmp_path / "eval" / "metrics.json").read_text())["metrics"]["recall@10"]["mean"]
     assert again == pytest.approx(scored[best_step], abs=1e-12)
 
