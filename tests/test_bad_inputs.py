@@ -8,7 +8,6 @@ test_engine_retrieve.py and test_train_launcher.py.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np

@@ -97,7 +97,7 @@ def worker(tmp_path_factory):
     import json
 
     out = tmp_path_factory.mktemp("compat") / "report.json"
-    proc = run_torchrun("tests/dist/compat_worker.py", 1, str(out), timeout=300)
+    run_torchrun("tests/dist/compat_worker.py", 1, str(out), timeout=300)
     return json.loads(out.read_text())
 
 
