@@ -57,13 +57,19 @@ def _cell(report: dict, column: str) -> str:
     return f"{stat['mean']:.4f}"
 
 
+def common_catalog(reports: dict[str, dict]) -> int:
+    """The catalog size every evaluation ranked over (runs on different catalogs are not comparable)."""
+    catalogs = {name: r["inputs"]["num_items"] for name, r in reports.items()}
+    if len(set(catalogs.values())) > 1:
+        raise input_error("report", "num_items", catalogs, "runs were evaluated on different catalogs")
+    return next(iter(catalogs.values()))
+
+
 def comparison_table(reports: dict[str, dict], columns=DEFAULT_COLUMNS) -> str:
     """One row per run: the chosen metrics with 95% CIs, plus the protocol facts that make rows comparable."""
     if not reports:
         raise input_error("report", "runs", [], "no runs given")
-    catalogs = {name: r["inputs"]["num_items"] for name, r in reports.items()}
-    if len(set(catalogs.values())) > 1:
-        raise input_error("report", "num_items", catalogs, "runs were evaluated on different catalogs")
+    common_catalog(reports)
     header = ["model", *[c.replace("recall", "Recall").replace("ndcg", "NDCG").replace("coverage", "Coverage")
                          for c in columns], "invalid rate", "history excluded", "users"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -280,10 +286,7 @@ def write_segments(args: argparse.Namespace) -> list[Path]:
     if args.by == "target-popularity" and not args.train:
         raise input_error("--train", "path", None, "target-popularity segments count the training sequences")
     reports = {name: load_report(path) for name, path in dirs.items()}
-    catalogs = {name: r["inputs"]["num_items"] for name, r in reports.items()}
-    if len(set(catalogs.values())) > 1:
-        raise input_error("report", "num_items", catalogs, "runs were evaluated on different catalogs")
-    users, keys = segments.user_keys(args.by, args.targets, args.train, next(iter(catalogs.values())))
+    users, keys = segments.user_keys(args.by, args.targets, args.train, common_catalog(reports))
     parts = segments.quantile_segments(keys, args.segments)
     boot = reports[args.paired_baseline].get("bootstrap", {})
     tables, text = {}, []
