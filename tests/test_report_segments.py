@@ -120,4 +120,9 @@ def test_cli_refuses_other_users_an_unknown_baseline_and_popularity_without_trai
                                           "--targets", str(test), *common)
     assert "--train" in refused("--run", f"head={dirs['head']}", "--paired-baseline", "head",
                                 "--targets", str(test), "--out", str(tmp_path / "x"))
+    other = tmp_path / "other_catalog"
+    assert cli.main(["evaluate", "--candidates", str(tmp_path / "tail.parquet"), "--targets", str(test), "--items",
+                     str(ITEMS + 1), "--out", str(other), "--ks", "10", "--bootstrap", "0"]) == 0
+    assert "num_items" in refused("--run", f"head={dirs['head']}", "--run", f"other={other}", "--paired-baseline",
+                                  "head", "--targets", str(test), *common)
     assert not (tmp_path / "x").exists()
