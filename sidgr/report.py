@@ -112,6 +112,12 @@ def paired_difference(run, baseline, metric: str = "recall@10", num_samples: int
     return bootstrap_ci({"diff": run_values - base_values}, num_samples, seed)["diff"]
 
 
+def paired_cell(diff: dict[str, float]) -> str:
+    """A paired difference as "+0.0123 [+0.0045, +0.0201]" (the mean alone when it has no CI)."""
+    ci = f" [{diff['ci_low']:+.4f}, {diff['ci_high']:+.4f}]" if "ci_low" in diff else ""
+    return f"{diff['mean']:+.4f}{ci}"
+
+
 def with_paired_column(table: str, dirs: dict[str, str], baseline: str, metric: str = "recall@10",
                        num_samples: int = 1000, seed: int = 0) -> str:
     """Append a column "Δ metric vs baseline [paired 95% CI]" to the rows of a comparison table."""
@@ -127,7 +133,7 @@ def with_paired_column(table: str, dirs: dict[str, str], baseline: str, metric: 
             lines[i] += " — |"
         else:
             d = paired_difference(dirs[name], base, metric, num_samples, seed)
-            lines[i] += f" {d['mean']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] |"
+            lines[i] += f" {paired_cell(d)} |"
     return "\n".join(lines) + "\n"
 
 

@@ -87,16 +87,15 @@ def segment_rows(values: dict[str, np.ndarray], baseline: str, segments: list[Se
 
 
 def markdown(rows: list[dict], by: str, metric: str, baseline: str) -> str:
+    from sidgr.report import paired_cell
+
     names = list(rows[0]["mean"])
     others = [n for n in names if n != baseline]
     header = [KEY_LABELS[by], "users", *[f"{n} {metric}" for n in names], *[f"Δ {n} vs {baseline}" for n in others]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         cells = [r["segment"], str(r["users"]), *[f"{r['mean'][n]:.4f}" for n in names]]
-        for n in others:
-            d = r["paired"][n]
-            ci = f" [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]" if "ci_low" in d else ""
-            cells.append(f"{d['mean']:+.4f}{ci}")
+        cells += [paired_cell(r["paired"][n]) for n in others]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
