@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -161,8 +162,51 @@ def export_checkpoint(ckpt: str | os.PathLike, out_dir: str | os.PathLike,
         get_logger("sidgr.export").info(f"{given}: exporting {which} checkpoint {ckpt.name} (of "
                                         f"{', '.join(p.name for p in found)}; pass one of them to pick another)")
     arch = read_arch(ckpt)
-    mapping = read_mapping(ckpt) if mapping is None else grown_mapping(Path(mapping), arch, read_mapping(ckpt))
-    tensors = read_model_tensors(ckpt)
-    tensors = unstack_layers(tensors, arch.num_layers, ckpt)
-    tensors = strip_vocab_padding(tensors, arch, ckpt)
-    return save_engine(out_dir, arch, tensors, mapping, source=str(ckpt.resolve()))
+    served = serving_mapping(ckpt, arch, mapping)
+    return save_engine(out_dir, arch, read_engine_tensors(ckpt, arch), served, source=str(ckpt.resolve()))
+
+
+def export_average(ckpts: list, out_dir: str | os.PathLike, mapping: str | os.PathLike | None = None) -> Path:
+    """One engine whose every tensor is the mean of the same tensor in `ckpts` (checkpoint averaging, as in
+    Vaswani et al. 2017 and SWA, Izmailov et al. 2018): checkpoints of one model, same arch and trained SIDs, in
+    any TP/DP layout. Means are accumulated in float64 and stored as float32."""
+    ckpts = [Path(c) for c in ckpts]
+    check_output(Path(out_dir), is_dir=True, replaces=is_engine_dir)
+    for c in ckpts:
+        if not c.is_dir():
+            raise input_error(c, "checkpoint", str(c), "not a directory")
+        if resolve_checkpoint(c)[0] != c:
+            raise input_error(c, "checkpoint", str(c), "a run directory: name the checkpoints to average "
+                                                       "(RUN/checkpoints/iter_XXXXXXX)")
+    arch, trained = read_arch(ckpts[0]), read_mapping(ckpts[0])
+    total: dict[str, torch.Tensor] = {}
+    for c in ckpts:
+        check_same_model(c, ckpts[0], arch, trained)
+        for name, t in read_engine_tensors(c, arch).items():
+            total[name] = total[name] + t.double() if name in total else t.double()
+    mean = {name: (t / len(ckpts)).float() for name, t in total.items()}
+    source = "average of " + ", ".join(str(c.resolve()) for c in ckpts)
+    return save_engine(out_dir, arch, mean, serving_mapping(ckpts[0], arch, mapping), source=source)
+
+
+def check_same_model(ckpt: Path, first: Path, arch: ModelArch, trained: SIDMapping) -> None:
+    """Checkpoints averaged together must share the arch and the trained SIDs: one line naming what differs."""
+    other = read_arch(ckpt)
+    if other != arch:
+        name = next(f.name for f in fields(arch) if f.compare and getattr(arch, f.name) != getattr(other, f.name))
+        raise input_error(ckpt / "arch.json", name, getattr(other, name), f"differs from {first.name}'s "
+                          f"{getattr(arch, name)!r}: only checkpoints of one model can be averaged")
+    if not torch.equal(read_mapping(ckpt).codes, trained.codes):
+        raise input_error(ckpt, "trained SIDs", str(trained_mapping_path(ckpt)),
+                          f"differ from {first.name}'s: only checkpoints of one model can be averaged")
+
+
+def serving_mapping(ckpt: Path, arch: ModelArch, mapping: str | os.PathLike | None) -> SIDMapping:
+    """The trained SID mapping, or the grown one given with --mapping (checked against the trained one)."""
+    return read_mapping(ckpt) if mapping is None else grown_mapping(Path(mapping), arch, read_mapping(ckpt))
+
+
+def read_engine_tensors(ckpt: Path, arch: ModelArch) -> dict[str, torch.Tensor]:
+    """The checkpoint's model tensors named and shaped as the engine's (layers unstacked, vocab padding off)."""
+    tensors = unstack_layers(read_model_tensors(ckpt), arch.num_layers, ckpt)
+    return strip_vocab_padding(tensors, arch, ckpt)

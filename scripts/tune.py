@@ -63,7 +63,7 @@ def main(argv=None) -> int:
         else:
             scores = train_and_score_on_valid(run, plan, name, mapping, bindings,
                                               args.config or spec.config())
-        best = max(scores, key=lambda c: (scores[c], c))
+        best = max(scores, key=scores.get)  # ties: the earliest checkpoint
         results[name] = {"bindings": bindings, "valid_recall@10": scores, "best": best, "best_value": scores[best],
                          "wall_s": round(time.perf_counter() - t0, 1)}
     run.bar.close()

@@ -122,10 +122,16 @@ def test_selected_checkpoint_is_the_argmax_of_the_recorded_valid_scores(demo, su
         assert scores and all(0.0 <= v <= 1.0 for v in scores.values()), name
         assert scores[sel["selected"]] == max(scores.values()), (name, sel)
         run_dir = demo / name
-        assert (run_dir / "checkpoints" / sel["selected"]).is_dir(), name
+        assert (run_dir / "checkpoints" / sel["selected"]).is_dir() or sel["selected"] == "average", name
         if name.startswith("sidgr_"):  # the trainer's scores: sidgr evaluate's valid Recall@10 of each checkpoint
             assert Path(sel["engine"]) == run_dir / "selection" / "engines" / sel["selected"]
-            assert json.loads((run_dir / "best.json").read_text())["checkpoint"] == sel["selected"]
+            trainer_best = json.loads((run_dir / "best.json").read_text())["checkpoint"]
+            assert sel["selected"] in (trainer_best, "average"), name
+            # the averaged engine joins the selection: the mean of every kept checkpoint, scored like them
+            assert sel["average_of"] == sorted(p.name for p in (run_dir / "checkpoints").glob("iter_*"))
+            source = json.loads((run_dir / "selection" / "engines" / "average" / "engine.json").read_text())["source"]
+            assert source == "average of " + ", ".join(str((run_dir / "checkpoints" / c).resolve())
+                                                       for c in sel["average_of"])
             for ckpt, value in scores.items():
                 report = json.loads((run_dir / "selection" / ckpt / "metrics.json").read_text())
                 assert report["metrics"]["recall@10"]["mean"] == value, (name, ckpt)
@@ -149,7 +155,8 @@ def test_test_target_is_evaluated_once_per_model_with_the_selected_checkpoint(de
     assert len(on_test) == len(RUN_DIRS)
     # the only other test evaluations are the beam-width analysis of the selected SID-GR engine
     assert on_sample and all(out.parent == demo / "beam_sweep" for out in on_sample)
-    assert on_valid == []  # SID-GR checkpoints are scored on valid by the trainer (TrainerConfig.select_best)
+    # SID-GR checkpoints are scored on valid by the trainer (TrainerConfig.select_best), their average by the demo
+    assert on_valid == [demo / d / "selection" / "average" for d in RUN_DIRS.values() if d.startswith("sidgr_")]
     # the test lists come from the selected checkpoint, and nothing else of a model reads the test users
     selection = summary["selection"]
     for name, sel in selection.items():

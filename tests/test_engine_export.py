@@ -11,7 +11,7 @@ import torch.distributed.checkpoint as dcp
 from sidgr.arch import ModelArch
 from sidgr.cli import main
 from sidgr.errors import InputError
-from sidgr.inference.export import export_checkpoint
+from sidgr.inference.export import export_average, export_checkpoint
 from sidgr.inference.random_engine import random_mapping, random_state_dict
 from sidgr.inference.weights import load_engine
 from sidgr.sid.prefix_index import PrefixIndex
@@ -154,3 +154,45 @@ def test_trained_mapping_record_resolves_relative_paths_and_names_what_is_missin
     (ckpt / "mapping.json").write_text(json.dumps({"path": "gone/sids.json"}))
     with pytest.raises(InputError, match="gone/sids.json.*does not exist"):
         trained_mapping_path(ckpt)
+
+
+def test_export_of_several_checkpoints_averages_every_tensor(tmp_path):
+    arch = ModelArch(codebook_sizes=SIZES, hidden_size=16, num_layers=2, num_attention_heads=2,
+                     ffn_hidden_size=32, max_items=5)
+    mapping_path = random_mapping(30, list(SIZES), 1).save(tmp_path / "sids")
+    run = tmp_path / "run" / "checkpoints"
+    for step, seed in ((10, 1), (20, 2), (30, 3)):
+        write_checkpoint(run / f"iter_{step:07d}", arch, random_state_dict(arch, seed), mapping_path)
+    ckpts = [str(run / f"iter_{s:07d}") for s in (10, 20, 30)]
+    assert main(["export", "--checkpoint", *ckpts, "--out", str(tmp_path / "avg")]) == 0
+    got = load_engine(tmp_path / "avg")
+    assert got.arch == arch and got.source.startswith("average of ")
+    parts = [random_state_dict(arch, seed) for seed in (1, 2, 3)]
+    for name, t in got.state_dict.items():
+        want = (parts[0][name].double() + parts[1][name].double() + parts[2][name].double()) / 3
+        assert torch.equal(t, want.float()), name
+    # one checkpoint given twice with another: a weighted mean, still exact
+    assert main(["export", "--checkpoint", ckpts[0], ckpts[0], ckpts[1], "--out", str(tmp_path / "w")]) == 0
+    w = load_engine(tmp_path / "w").state_dict["embedding.bos"]
+    assert torch.allclose(w, (2 * parts[0]["embedding.bos"] + parts[1]["embedding.bos"]) / 3, atol=1e-7)
+
+
+def test_averaging_refuses_other_models_and_run_dirs_in_one_line_and_writes_nothing(tmp_path):
+    arch = ModelArch(codebook_sizes=SIZES, hidden_size=16, num_layers=2, num_attention_heads=2,
+                     ffn_hidden_size=32, max_items=5)
+    wider = ModelArch(codebook_sizes=SIZES, hidden_size=16, num_layers=2, num_attention_heads=2,
+                      ffn_hidden_size=64, max_items=5)
+    sids = random_mapping(30, list(SIZES), 1).save(tmp_path / "sids")
+    other_sids = random_mapping(30, list(SIZES), 2).save(tmp_path / "other")
+    a, b, c = (tmp_path / "run" / "checkpoints" / f"iter_000000{i}" for i in (1, 2, 3))
+    write_checkpoint(a, arch, random_state_dict(arch, 1), sids)
+    write_checkpoint(b, wider, random_state_dict(wider, 2), sids)
+    write_checkpoint(c, arch, random_state_dict(arch, 3), other_sids)
+    cases = [([a, b], r"iter_0000002/arch.json: ffn_hidden_size=64: differs from iter_0000001's 32"),
+             ([a, c], r"iter_0000003: trained SIDs=.*differ from iter_0000001's"),
+             ([a, tmp_path / "run"], r"run: checkpoint=.*a run directory: name the checkpoints to average")]
+    for given, message in cases:
+        with pytest.raises(InputError, match=message) as err:
+            export_average(given, tmp_path / "engine")
+        assert "\n" not in str(err.value)
+        assert not (tmp_path / "engine").exists()

@@ -38,8 +38,9 @@ def score_checkpoint(ckpt: Path, valid_path: str, items: int, out_dir: Path, bea
     cands = out_dir / f"{ckpt.name}.parquet"
     report = out_dir / ckpt.name
     run_sidgr("export", "--checkpoint", ckpt, "--out", engine)
+    # every core: the other ranks wait in a broadcast meanwhile (torchrun's OMP_NUM_THREADS is cores / ranks)
     run_sidgr("retrieve", "--engine", engine, "--sequences", valid_path, "--out", cands, "--k", 10,
-              "--beam-width", max(beam_width, 10))
+              "--beam-width", max(beam_width, 10), "--threads", len(os.sched_getaffinity(0)))
     run_sidgr("evaluate", "--candidates", cands, "--targets", valid_path, "--items", items, "--out", report,
               "--ks", "10", "--bootstrap", 0)
     metrics = json.loads((report / "metrics.json").read_text())["metrics"]

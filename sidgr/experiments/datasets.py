@@ -42,7 +42,8 @@ class DatasetSpec:
 DATASETS = {
     "ml100k": DatasetSpec(
         "ml100k", False, text_sids={"balanced": BALANCED_64},
-        collab_sids={"collab": ["--table", "items"], "fused": ["--table", "items", "--fuse-text", "0.3"]}),
+        collab_sids={"collab": ["--table", "items"], "fused": ["--table", "items", "--fuse-text", "0.3"]},
+        sweep_users=250),
     "beauty": DatasetSpec(
         "beauty", True, text_sids={"text": BALANCED_64},
         collab_sids={"collab": ["--table", "items"], "fused": ["--table", "items", "--fuse-text", "0.3"]},

@@ -182,12 +182,32 @@ def sid_gr(run: Runner, plan: Plan, method: str, mapping: Path) -> tuple[Path, d
     """Train SID-GR on one tokenizer's SIDs, pick the checkpoint with the best valid Recall@10, test it once."""
     run_dir = plan.out / f"sidgr_{method}"
     scores = train_and_score_on_valid(run, plan, f"sidgr_{method}", mapping)
-    best = max(scores, key=lambda c: (scores[c], c))
+    averaged = checkpoints(run_dir)
+    if len(averaged) > 1:
+        scores[AVERAGE] = average_on_valid(run, plan, f"sidgr_{method}", averaged)
+    best = max(scores, key=scores.get)  # ties: the earliest checkpoint (as best.json does), not the average
     engine = run_dir / "selection" / "engines" / best
     read_test(run, plan, f"sidgr_{method}", "retrieve", lambda seqs, out: sidgr(
         "retrieve", "--engine", engine, "--sequences", seqs, "--out", out, "--k", plan.k,
         "--beam-width", plan.beam_width))
-    return run_dir, {"valid_recall@10_by_checkpoint": scores, "selected": best, "engine": str(engine)}
+    return run_dir, {"valid_recall@10_by_checkpoint": scores, "selected": best, "engine": str(engine),
+                     "average_of": [c.name for c in averaged] if AVERAGE in scores else []}
+
+
+AVERAGE = "average"  # the selection candidate whose weights are the mean of every kept checkpoint's
+
+
+def average_on_valid(run: Runner, plan: Plan, name: str, ckpts: list[Path]) -> float:
+    """Valid Recall@10 of one engine averaging `ckpts`' weights (`sidgr export` of several checkpoints), scored
+    like the trainer scores each checkpoint: the same users, beam and cutoff; it joins the selection."""
+    selection = plan.out / name / "selection"
+    engine, cands = selection / "engines" / AVERAGE, selection / f"{AVERAGE}.parquet"
+    run(f"export_{AVERAGE}_{name}", sidgr("export", "--checkpoint", *ckpts, "--out", engine))
+    run(f"retrieve_valid_{AVERAGE}_{name}", sidgr("retrieve", "--engine", engine, "--sequences", plan.valid_path(),
+                                                  "--out", cands, "--k", 10, "--beam-width", plan.beam_width))
+    report = evaluate(run, plan, f"eval_valid_{AVERAGE}_{name}", cands, plan.valid_path(), selection / AVERAGE, 0,
+                      (10,))
+    return json.loads((report / "metrics.json").read_text())["metrics"]["recall@10"]["mean"]
 
 
 def item_valid_scores(run: Runner, plan: Plan, name: str, config: str, mapping: Path, bindings=()) -> dict:
@@ -203,7 +223,7 @@ def item_baseline(run: Runner, plan: Plan, name: str, config: str, mapping: Path
     """Train an item-level baseline; its trainer logs valid Recall@10 each interval, which picks the checkpoint."""
     run_dir = plan.out / name
     scores = item_valid_scores(run, plan, name, config, mapping)
-    best = max(scores, key=lambda c: (scores[c], c))
+    best = max(scores, key=scores.get)  # ties: the earliest checkpoint, as the trainer's best.json
     read_test(run, plan, name, "score", lambda seqs, out: sidgr(
         "score-items", "--checkpoint", run_dir / "checkpoints" / best, "--sequences", seqs, "--out", out,
         "--k", plan.k))
