@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -20,7 +19,7 @@ from sidgr.arch import ModelArch
 from sidgr.errors import input_error
 from sidgr.io import check_output
 from sidgr.logs import get_logger
-from sidgr.run_layout import resolve_checkpoint, trained_mapping_path
+from sidgr.run_layout import checkpoints_to_average, resolve_checkpoint, trained_mapping_path
 from sidgr.sid.mapping import SIDMapping
 
 from .weights import expected_shapes, is_engine_dir, save_engine
@@ -168,37 +167,18 @@ def export_checkpoint(ckpt: str | os.PathLike, out_dir: str | os.PathLike,
 
 def export_average(ckpts: list, out_dir: str | os.PathLike, mapping: str | os.PathLike | None = None) -> Path:
     """One engine whose every tensor is the mean of the same tensor in `ckpts` (checkpoint averaging, as in
-    Vaswani et al. 2017 and SWA, Izmailov et al. 2018): checkpoints of one model, same arch and trained SIDs, in
-    any TP/DP layout. Means are accumulated in float64 and stored as float32."""
-    ckpts = [Path(c) for c in ckpts]
+    Vaswani et al. 2017 and SWA, Izmailov et al. 2018): checkpoints of one model (`checkpoints_to_average`), in any
+    TP/DP layout. Means are accumulated in float64 and stored as float32."""
     check_output(Path(out_dir), is_dir=True, replaces=is_engine_dir)
-    for c in ckpts:
-        if not c.is_dir():
-            raise input_error(c, "checkpoint", str(c), "not a directory")
-        if resolve_checkpoint(c)[0] != c:
-            raise input_error(c, "checkpoint", str(c), "a run directory: name the checkpoints to average "
-                                                       "(RUN/checkpoints/iter_XXXXXXX)")
-    arch, trained = read_arch(ckpts[0]), read_mapping(ckpts[0])
+    ckpts = checkpoints_to_average(ckpts)
+    arch = read_arch(ckpts[0])
     total: dict[str, torch.Tensor] = {}
     for c in ckpts:
-        check_same_model(c, ckpts[0], arch, trained)
         for name, t in read_engine_tensors(c, arch).items():
             total[name] = total[name] + t.double() if name in total else t.double()
     mean = {name: (t / len(ckpts)).float() for name, t in total.items()}
     source = "average of " + ", ".join(str(c.resolve()) for c in ckpts)
     return save_engine(out_dir, arch, mean, serving_mapping(ckpts[0], arch, mapping), source=source)
-
-
-def check_same_model(ckpt: Path, first: Path, arch: ModelArch, trained: SIDMapping) -> None:
-    """Checkpoints averaged together must share the arch and the trained SIDs: one line naming what differs."""
-    other = read_arch(ckpt)
-    if other != arch:
-        name = next(f.name for f in fields(arch) if f.compare and getattr(arch, f.name) != getattr(other, f.name))
-        raise input_error(ckpt / "arch.json", name, getattr(other, name), f"differs from {first.name}'s "
-                          f"{getattr(arch, name)!r}: only checkpoints of one model can be averaged")
-    if not torch.equal(read_mapping(ckpt).codes, trained.codes):
-        raise input_error(ckpt, "trained SIDs", str(trained_mapping_path(ckpt)),
-                          f"differ from {first.name}'s: only checkpoints of one model can be averaged")
 
 
 def serving_mapping(ckpt: Path, arch: ModelArch, mapping: str | os.PathLike | None) -> SIDMapping:

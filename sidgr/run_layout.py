@@ -121,3 +121,35 @@ def resolve_checkpoint(path, flag: str = "--checkpoint") -> tuple[Path, list[Pat
     if (damage := checkpoint_damage(picked)) is not None:
         raise input_error(picked, flag, str(picked), f"corrupt checkpoint: {damage}")
     return picked, found
+
+
+def checkpoints_to_average(paths) -> list[Path]:
+    """Checkpoints to average into one model: each a checkpoint directory (a run directory is refused: which of
+    its checkpoints is the user's choice), undamaged, all of one model (the same arch.json and trained SIDs)."""
+    ckpts = [Path(p) for p in paths]
+    for c in ckpts:
+        if not c.is_dir():
+            raise input_error(c, "checkpoint", str(c), "not a directory")
+        if resolve_checkpoint(c)[0] != c:
+            raise input_error(c, "checkpoint", str(c), "a run directory: name the checkpoints to average "
+                                                       "(RUN/checkpoints/iter_XXXXXXX)")
+        if not (c / "arch.json").is_file():
+            raise input_error(c, "arch.json", str(c / "arch.json"), "missing: not a sidgr training checkpoint")
+    first = ckpts[0]
+    arch, sids = json.loads((first / "arch.json").read_text()), trained_sids(first)
+    for c in ckpts[1:]:
+        other = json.loads((c / "arch.json").read_text())
+        if other != arch:
+            key = next(k for k in sorted(set(arch) | set(other)) if arch.get(k) != other.get(k))
+            raise input_error(c / "arch.json", key, other.get(key), f"differs from {first.name}'s "
+                              f"{arch.get(key)!r}: only checkpoints of one model can be averaged")
+        if not trained_sids(c).equal(sids):
+            raise input_error(c, "trained SIDs", str(trained_mapping_path(c)),
+                              f"differ from {first.name}'s: only checkpoints of one model can be averaged")
+    return ckpts
+
+
+def trained_sids(ckpt: Path):
+    from sidgr.sid.mapping import SIDMapping
+
+    return SIDMapping.load(trained_mapping_path(ckpt)).codes

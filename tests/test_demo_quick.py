@@ -128,17 +128,21 @@ def test_selected_checkpoint_is_the_argmax_of_the_recorded_valid_scores(demo, su
             trainer_best = json.loads((run_dir / "best.json").read_text())["checkpoint"]
             assert sel["selected"] in (trainer_best, "average"), name
             # the averaged engine joins the selection: the mean of every kept checkpoint, scored like them
-            assert sel["average_of"] == sorted(p.name for p in (run_dir / "checkpoints").glob("iter_*"))
             source = json.loads((run_dir / "selection" / "engines" / "average" / "engine.json").read_text())["source"]
             assert source == "average of " + ", ".join(str((run_dir / "checkpoints" / c).resolve())
                                                        for c in sel["average_of"])
             for ckpt, value in scores.items():
                 report = json.loads((run_dir / "selection" / ckpt / "metrics.json").read_text())
                 assert report["metrics"]["recall@10"]["mean"] == value, (name, ckpt)
-        else:  # the scores are what the item trainer logged on the valid target
+        else:  # the scores are what the item trainer logged on the valid target, and the average's evaluation
             logged = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
             logged = {f"iter_{r['step']:07d}": r["valid_recall@10"] for r in logged if "valid_recall@10" in r}
-            assert all(logged[ckpt] == value for ckpt, value in scores.items()), name
+            assert all(logged[ckpt] == value for ckpt, value in scores.items() if ckpt != "average"), name
+            report = json.loads((run_dir / "valid_average" / "metrics.json").read_text())
+            assert report["metrics"]["recall@10"]["mean"] == scores["average"], name
+            assert report["users"]["evaluated"] == pq.read_metadata(demo.parent / "data" / "valid.parquet").num_rows
+            assert sel["best_single"] == max((c for c in scores if c != "average"), key=scores.get)
+        assert sel["average_of"] == sorted(p.name for p in (run_dir / "checkpoints").glob("iter_*")), name
 
 
 def test_test_target_is_evaluated_once_per_model_with_the_selected_checkpoint(demo, summary, commands):
@@ -156,7 +160,9 @@ def test_test_target_is_evaluated_once_per_model_with_the_selected_checkpoint(de
     # the only other test evaluations are the beam-width analysis of the selected SID-GR engine
     assert on_sample and all(out.parent == demo / "beam_sweep" for out in on_sample)
     # SID-GR checkpoints are scored on valid by the trainer (TrainerConfig.select_best), their average by the demo
-    assert on_valid == [demo / d / "selection" / "average" for d in RUN_DIRS.values() if d.startswith("sidgr_")]
+    assert sorted(on_valid) == sorted([demo / d / "selection" / "average" for d in RUN_DIRS.values()
+                                       if d.startswith("sidgr_")] + [demo / d / "valid_average" for d in
+                                                                     ("sasrec_ce", "sid_input")])
     # the test lists come from the selected checkpoint, and nothing else of a model reads the test users
     selection = summary["selection"]
     for name, sel in selection.items():
@@ -164,7 +170,11 @@ def test_test_target_is_evaluated_once_per_model_with_the_selected_checkpoint(de
                  and demo / name in Path(flag(a, "--out")).parents]
         assert len(reads) == 1, (name, reads)
         source = Path(flag(reads[0], "--engine") or flag(reads[0], "--checkpoint"))
-        assert source.name == sel["selected"], (name, source)
+        if sel["selected"] == "average" and not name.startswith("sidgr_"):  # every kept checkpoint, averaged
+            given = reads[0][reads[0].index("--checkpoint") + 1:reads[0].index("--sequences")]
+            assert [Path(c).name for c in given] == sel["average_of"], (name, given)
+        else:
+            assert source.name == sel["selected"], (name, source)
         assert Path(flag(reads[0], "--out")) == demo / name / "test_candidates.parquet"
     sweep_engines = {flag(a, "--engine") for a in commands
                      if a[0] == "retrieve" and Path(flag(a, "--out")).parent == demo / "beam_sweep"}

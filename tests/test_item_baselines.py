@@ -277,3 +277,35 @@ def test_packed_item_rows_keep_each_tokens_fields_and_causal_keys():
         outside[o:o + n] = False
         assert pk.attention_mask[r, 0, o:o + n][:, outside].all()  # nothing visible across rows
     assert torch.equal(used, pk.valid)
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_scoring_several_checkpoints_averages_their_weights(synth, sasrec, full_ranking):
+    """`sidgr score-items --checkpoint A B`: one model with the mean of A's and B's weights. A averaged with itself
+    is A to the bit; A with the half-way checkpoint B ranks otherwise, and the same under TP 2 (each rank averages
+    its own shard)."""
+    from sidgr.cli import main
+
+    tmp, paths = synth
+    a, b = (str(tmp / f"run_id_{STEPS}_tp1" / "checkpoints" / f"iter_{s:07d}") for s in (int(STEPS), int(STEPS) // 2))
+
+    def score(ckpts, nproc, *flags):
+        out = tmp / f"avg_{len(ckpts)}_{ckpts[-1][-2:]}_{nproc}.parquet"
+        run_torchrun("sidgr.training.item_scoring", nproc, "--checkpoint", *ckpts, "--sequences", paths["test"],
+                     "--out", str(out), *flags, timeout=240)
+        return pq.read_table(out).to_pydict()
+
+    same = score([a, a], 1, "--k", "240", "--include-history")
+    assert same["item_ids"] == full_ranking["item_ids"] and same["scores"] == full_ranking["scores"]
+    one, two = score([a, b], 1, "--k", "20"), score([a, b], 2, "--k", "20")
+    assert one["item_ids"] == two["item_ids"]
+    np.testing.assert_allclose(two["scores"], one["scores"], rtol=1e-5)
+    alone = [[i for i in ranked if i not in set(h)][:20]
+             for ranked, h in zip(full_ranking["item_ids"], pq.read_table(paths["test"]).to_pydict()["item_ids"])]
+    assert one["item_ids"] != alone  # the half-way weights moved the ranking
+    # a run directory among the checkpoints is refused in one line, before anything is loaded or written
+    bad = tmp / "never.parquet"
+    assert main(["score-items", "--checkpoint", a, str(tmp / f"run_id_{STEPS}_tp1"), "--sequences", paths["test"],
+                 "--out", str(bad)]) == 1
+    assert not bad.exists()

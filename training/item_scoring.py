@@ -1,6 +1,6 @@
 """`sidgr score-items`: full-catalog scoring of a trained item-level model (SASRec-CE / SID-input) -> candidates.
 
-    sidgr score-items --checkpoint RUN_DIR[/checkpoints/iter_X] --sequences test.parquet --out cands.parquet \
+    sidgr score-items --checkpoint RUN_DIR[/checkpoints/iter_X ...] --sequences test.parquet --out cands.parquet \
         [--k 50] [--include-history] [--batch-size 256] [--mapping sids.json]
     (or `torchrun --nproc_per_node=T -m sidgr.training.item_scoring ...`: the item head is split T ways)
 
@@ -25,7 +25,7 @@ from pathlib import Path
 from sidgr.errors import InputError, input_error
 from sidgr.help_format import HelpFormatter
 from sidgr.logs import get_logger, progress_bar
-from sidgr.run_layout import resolve_checkpoint, trained_mapping_path
+from sidgr.run_layout import checkpoints_to_average, resolve_checkpoint, trained_mapping_path
 
 
 def load_arch(ckpt: Path):
@@ -87,6 +87,19 @@ def load_weights(model, ckpt: Path) -> None:
     model.load_state_dict(state["model"])
 
 
+def load_average(model, ckpts: list[Path]) -> None:
+    """The mean of `ckpts`' weights (checkpoint averaging; float64 sums), each rank its own TP shard."""
+    import torch
+
+    total = {}
+    for ckpt in ckpts:
+        load_weights(model, ckpt)
+        for name, t in model.state_dict().items():
+            if torch.is_tensor(t) and t.is_floating_point():
+                total[name] = total[name] + t.double() if name in total else t.double()
+    model.load_state_dict({**model.state_dict(), **{n: (t / len(ckpts)).float() for n, t in total.items()}})
+
+
 # ---- the run -------------------------------------------------------------------------------------------------
 def score_file(model, queries, out, keep: int, k: int, batch_size: int, device, write: bool,
                exclude_history: bool = True) -> dict:
@@ -114,6 +127,7 @@ def score_file(model, queries, out, keep: int, k: int, batch_size: int, device, 
 
 def score(checkpoint, queries, out, top_k: int = 50, batch_size: int = 256, mapping_path=None,
           exclude_history: bool = True) -> dict:
+    """`checkpoint`: one checkpoint or run dir, or a list of checkpoints of one model: their averaged weights."""
     import torch.distributed as dist
 
     from sidgr.training.dist import init_distributed, seed_everything, teardown
@@ -121,7 +135,9 @@ def score(checkpoint, queries, out, top_k: int = 50, batch_size: int = 256, mapp
 
     if top_k <= 0 or batch_size <= 0:
         raise input_error("item_scoring", "--k/--batch-size", (top_k, batch_size), "must be positive")
-    ckpt, _ = resolve_checkpoint(checkpoint)
+    given = list(checkpoint) if isinstance(checkpoint, (list, tuple)) else [checkpoint]
+    averaged = checkpoints_to_average(given) if len(given) > 1 else []
+    ckpt = averaged[0] if averaged else resolve_checkpoint(given[0])[0]
     arch = load_arch(ckpt)
     mcfg = model_config(ckpt)
     catalog = load_catalog(ckpt, mapping_path, arch)
@@ -129,20 +145,25 @@ def score(checkpoint, queries, out, top_k: int = 50, batch_size: int = 256, mapp
     try:
         seed_everything(0)  # Megatron's RNG tracker must exist; eval mode uses no randomness
         model = build_item_model(mcfg, arch, catalog, info.tp_size, info.device)
-        load_weights(model, ckpt)
+        if averaged:
+            load_average(model, averaged)
+        else:
+            load_weights(model, ckpt)
         model.eval()
         summary = score_file(model, queries, out, arch.max_items - 1, top_k, batch_size, info.device,
                              write=info.is_rank0, exclude_history=exclude_history)
         if dist.is_initialized():
             dist.barrier()
-        return {"checkpoint": str(ckpt), "item_input": arch.extra["item_input"], **summary}
+        source = [str(c) for c in averaged] if averaged else str(ckpt)
+        return {"checkpoint": source, "item_input": arch.extra["item_input"], **summary}
     finally:
         teardown()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True,
-                   help="checkpoints/iter_X, or a run dir: its best.json checkpoint (select_best), else the latest")
+    p.add_argument("--checkpoint", required=True, nargs="+",
+                   help="checkpoints/iter_X, or a run dir: its best.json checkpoint (select_best), else the latest; "
+                        "several checkpoints of one model: their averaged weights")
     p.add_argument("--sequences", required=True, help="parquet with user_id, item_ids (history), e.g. test.parquet")
     p.add_argument("--out", required=True, help="candidates parquet to write")
     p.add_argument("--k", type=int, default=50, help="candidates per user")

@@ -104,7 +104,8 @@ def stage_count(plan: Plan, trained: list[str]) -> int:
     reads = len(plan.test_splits())
     models = 1 + 2 + len(trained)  # popularity, the item models, SID-GR
     tests = (2 + len(trained)) + models * 2 * reads  # trainings; candidates + evaluation per read
-    tests += 3 * len(trained)  # each SID-GR's averaged checkpoints: export, retrieve and evaluate on valid
+    # the averaged checkpoints on valid: each SID-GR row's export, retrieve, evaluate; each item model's score, evaluate
+    tests += 3 * len(trained) + 2 * 2
     sweep = 2 + 2 * sum(w >= plan.k for w in plan.beam_sweep) + 1
     return sids + tests + sweep + reads + 2  # a table per read, the segments, the curves
 
@@ -133,8 +134,9 @@ def main(argv=None) -> int:
     primary = mappings[spec.primary]
     for name, family in (("sasrec_ce", "sasrec"), ("sid_input", "sidinput")):
         rows[name], selection[name] = item_baseline(run, plan, name, spec.config(family), primary)
+    # collaborative SIDs from the item table of SASRec-CE's best single checkpoint on valid
     mappings.update(collaborative_sids(run, plan, rows["sasrec_ce"] / "checkpoints" /
-                                       selection["sasrec_ce"]["selected"], args.sids))
+                                       selection["sasrec_ce"]["best_single"], args.sids))
     for method in args.sids:
         rows[f"sid-gr ({method})"], selection[f"sidgr_{method}"] = sid_gr(run, plan, method, mappings[method])
 

@@ -223,11 +223,27 @@ def item_baseline(run: Runner, plan: Plan, name: str, config: str, mapping: Path
     """Train an item-level baseline; its trainer logs valid Recall@10 each interval, which picks the checkpoint."""
     run_dir = plan.out / name
     scores = item_valid_scores(run, plan, name, config, mapping)
-    best = max(scores, key=scores.get)  # ties: the earliest checkpoint, as the trainer's best.json
+    single = max(scores, key=scores.get)  # ties: the earliest checkpoint, as the trainer's best.json
+    averaged = checkpoints(run_dir)
+    if len(averaged) > 1:
+        scores[AVERAGE] = item_average_on_valid(run, plan, name, averaged)
+    best = max(scores, key=scores.get)
+    chosen = averaged if best == AVERAGE else [run_dir / "checkpoints" / best]
     read_test(run, plan, name, "score", lambda seqs, out: sidgr(
-        "score-items", "--checkpoint", run_dir / "checkpoints" / best, "--sequences", seqs, "--out", out,
-        "--k", plan.k))
-    return run_dir, {"valid_recall@10_by_checkpoint": scores, "selected": best}
+        "score-items", "--checkpoint", *chosen, "--sequences", seqs, "--out", out, "--k", plan.k))
+    return run_dir, {"valid_recall@10_by_checkpoint": scores, "selected": best, "best_single": single,
+                     "average_of": [c.name for c in averaged] if AVERAGE in scores else []}
+
+
+def item_average_on_valid(run: Runner, plan: Plan, name: str, ckpts: list[Path]) -> float:
+    """Valid Recall@10 of an item model with `ckpts`' averaged weights on every valid user, as its trainer scores
+    each checkpoint (`sidgr score-items` + `sidgr evaluate` equal the trainer's number: tested)."""
+    cands, report = plan.out / name / f"valid_{AVERAGE}.parquet", plan.out / name / f"valid_{AVERAGE}"
+    valid = plan.data / "valid.parquet"
+    run(f"score_valid_{AVERAGE}_{name}", sidgr("score-items", "--checkpoint", *ckpts, "--sequences", valid,
+                                               "--out", cands, "--k", 10))
+    evaluate(run, plan, f"eval_valid_{AVERAGE}_{name}", cands, valid, report, 0, (10,))
+    return json.loads((report / "metrics.json").read_text())["metrics"]["recall@10"]["mean"]
 
 
 def popularity(run: Runner, plan: Plan) -> Path:

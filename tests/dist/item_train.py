@@ -3,10 +3,10 @@ test users over the full catalog; writes {valid (the trainer task's validation),
 as JSON.
 
 Usage: torchrun --standalone --nproc_per_node=N tests/dist/item_train.py DATA_DIR OUT.json ITEM_INPUT[:HEAD] STEPS
-       [TP] [RUN_DIR]   (HEAD: ModelConfig.item_head, default 'table'; RUN_DIR: also save a trainer checkpoint
-       there, and the test top-10 lists in OUT.json). ITEM_TRAIN_DROPOUT (env): the dropout, default 0.1 (TP
-       ranks draw dropout masks from their own streams: compare TP layouts at 0). ITEM_TRAIN_TEMPERATURE (env):
-       ModelConfig.item_temperature, default 0 (dot products).
+       [TP] [RUN_DIR]   (HEAD: ModelConfig.item_head, default 'table'; RUN_DIR: also save trainer checkpoints
+       there, half-way and at the end, and the test top-10 lists in OUT.json). ITEM_TRAIN_DROPOUT (env): the
+       dropout, default 0.1 (TP ranks draw dropout masks from their own streams: compare TP layouts at 0).
+       ITEM_TRAIN_TEMPERATURE (env): ModelConfig.item_temperature, default 0 (dot products).
 """
 from __future__ import annotations
 
@@ -55,6 +55,10 @@ def main(data_dir: str, out: str, item_input: str, steps: int, tp: int, run_dir:
                              task.token_losses)
             losses.append(rec["loss"])
             step += 1
+            if run_dir and step == steps // 2:  # a second checkpoint of the same model (checkpoint averaging)
+                from sidgr.training.checkpoint import save_checkpoint
+                save_checkpoint(run_dir, step, model, optimizer, scheduler, train.state_dict(), arch, "",
+                                dcfg.mapping_path, 1)
         result = {"losses": losses, **task.validate(ddp, model, info.device, 0)}
         # test: full-catalog top-10 of each user's most recent max_items - 1 items, history not excluded
         test, _ = read_targets(f"{data_dir}/test.parquet", task.catalog.num_items)
@@ -66,7 +70,7 @@ def main(data_dir: str, out: str, item_input: str, steps: int, tp: int, run_dir:
         if run_dir:
             from sidgr.training.checkpoint import save_checkpoint
             save_checkpoint(run_dir, step, model, optimizer, scheduler, train.state_dict(), arch, "",
-                            dcfg.mapping_path, 1)
+                            dcfg.mapping_path, 2)
             result["test_top10"] = [top.row(u).tolist() for u in range(top.num_rows)]
         if info.is_rank0:
             with open(out, "w") as f:
