@@ -1,8 +1,11 @@
 """SID-GR checkpoints scored on the validation target through the engine, as the results table scores them.
 
 The trainer never imports the engine (`inference/`): rank 0 runs `sidgr export`, `sidgr retrieve` (beam search,
-history excluded) and `sidgr evaluate` as child processes on the checkpoint just saved, outside torchrun's
-environment, and reads back Recall@10 and NDCG@10. Outputs stay in RUN/selection/ (engine, candidates, metrics).
+history excluded) and `sidgr evaluate` on the checkpoint just saved, in one child process outside torchrun's
+environment (one interpreter start, not three), and reads back Recall@10 and NDCG@10. Outputs stay in
+RUN/selection/ (engine, candidates, metrics).
+
+    python -m sidgr.training.engine_scoring '[["export", ...], ["retrieve", ...], ...]'   # the child
 """
 from __future__ import annotations
 
@@ -24,12 +27,14 @@ def child_env() -> dict:
     return {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV and not k.startswith("TORCHELASTIC_")}
 
 
-def run_sidgr(*args) -> None:
-    cmd = [sys.executable, "-m", "sidgr.cli", *map(str, args)]
-    proc = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, preexec_fn=die_with_parent)
+def run_sidgr_commands(ckpt: Path, commands: list[list]) -> None:
+    """`sidgr` commands run in order in one child process; the first failure is a one-line error."""
+    argv = json.dumps([[str(a) for a in c] for c in commands])
+    proc = subprocess.run([sys.executable, "-m", "sidgr.training.engine_scoring", argv], env=child_env(),
+                          capture_output=True, text=True, preexec_fn=die_with_parent)
     if proc.returncode:
         last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise input_error(f"sidgr {args[0]}", "checkpoint scoring", " ".join(cmd[3:6]), f"failed: {last}")
+        raise input_error(ckpt, "checkpoint scoring", ", ".join(c[0] for c in commands), f"failed: {last}")
 
 
 def score_checkpoint(ckpt: Path, valid_path: str, items: int, out_dir: Path, beam_width: int) -> dict:
@@ -37,11 +42,26 @@ def score_checkpoint(ckpt: Path, valid_path: str, items: int, out_dir: Path, bea
     engine = out_dir / "engines" / ckpt.name
     cands = out_dir / f"{ckpt.name}.parquet"
     report = out_dir / ckpt.name
-    run_sidgr("export", "--checkpoint", ckpt, "--out", engine)
-    # every core: the other ranks wait in a broadcast meanwhile (torchrun's OMP_NUM_THREADS is cores / ranks)
-    run_sidgr("retrieve", "--engine", engine, "--sequences", valid_path, "--out", cands, "--k", 10,
-              "--beam-width", max(beam_width, 10), "--threads", len(os.sched_getaffinity(0)))
-    run_sidgr("evaluate", "--candidates", cands, "--targets", valid_path, "--items", items, "--out", report,
-              "--ks", "10", "--bootstrap", 0)
+    run_sidgr_commands(ckpt, [
+        ["export", "--checkpoint", ckpt, "--out", engine],
+        # every core: the other ranks wait in a broadcast meanwhile (torchrun's OMP_NUM_THREADS is cores / ranks)
+        ["retrieve", "--engine", engine, "--sequences", valid_path, "--out", cands, "--k", 10,
+         "--beam-width", max(beam_width, 10), "--threads", len(os.sched_getaffinity(0))],
+        ["evaluate", "--candidates", cands, "--targets", valid_path, "--items", items, "--out", report,
+         "--ks", "10", "--bootstrap", 0]])
     metrics = json.loads((report / "metrics.json").read_text())["metrics"]
     return {"valid_recall@10": metrics["recall@10"]["mean"], "valid_ndcg@10": metrics["ndcg@10"]["mean"]}
+
+
+def main(argv: list[str]) -> int:
+    """The child: each `sidgr` command of the JSON list in this interpreter, stopping at the first failure."""
+    from sidgr.cli import main as sidgr_main
+
+    for command in json.loads(argv[0]):
+        if rc := sidgr_main(command):
+            return rc
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -37,6 +37,10 @@ class Plan:
     beam_sweep: tuple = (16, 64, 256, 1024)
     dataset: DatasetSpec = field(default_factory=lambda: DATASETS["ml100k"])
 
+    def select_beam_width(self) -> int:
+        """The beam SID-GR checkpoints (and their average) are scored with on the validation users."""
+        return min(self.beam_width, self.dataset.select_beam_width or self.beam_width)
+
     def valid_path(self) -> Path:
         """The validation users SID-GR checkpoints are scored on (a seeded sample on big datasets)."""
         return split_sample(self.data, "valid", self.dataset.valid_users)
@@ -161,12 +165,13 @@ def train_and_score_on_valid(run: Runner, plan: Plan, name: str, mapping: Path, 
                              config: str | None = None) -> dict:
     """Train SID-GR (`config`, default the dataset's, + bindings) into OUT/name with the trainer's checkpoint
     selection (`TrainerConfig.select_best`: every evaluation saves a checkpoint and scores it through the engine,
-    beam `plan.beam_width`, on the validation users); the valid Recall@10 the trainer logged per checkpoint."""
+    beam `plan.select_beam_width()`, on the validation users); the valid Recall@10 the trainer logged per
+    checkpoint."""
     run_dir = plan.out / name
     run(f"train_{name}", sidgr("train", "--nproc", plan.nproc, "--config", config or plan.dataset.config(),
                                *train_overrides(plan, run_dir, mapping, plan.valid_path()),
-                               "TrainerConfig.select_best=True", f"TrainerConfig.select_beam_width={plan.beam_width}",
-                               *bindings))
+                               "TrainerConfig.select_best=True",
+                               f"TrainerConfig.select_beam_width={plan.select_beam_width()}", *bindings))
     return logged_valid_recall(run_dir)
 
 
@@ -183,9 +188,7 @@ def sid_gr(run: Runner, plan: Plan, method: str, mapping: Path) -> tuple[Path, d
     run_dir = plan.out / f"sidgr_{method}"
     scores = train_and_score_on_valid(run, plan, f"sidgr_{method}", mapping)
     averaged = checkpoints(run_dir)
-    if len(averaged) > 1:
-        scores[AVERAGE] = average_on_valid(run, plan, f"sidgr_{method}", averaged)
-    best = max(scores, key=scores.get)  # ties: the earliest checkpoint (as best.json does), not the average
+    best = select_with_average(scores, averaged, lambda ckpts: engine_average_on_valid(run, plan, run_dir, ckpts))
     engine = run_dir / "selection" / "engines" / best
     read_test(run, plan, f"sidgr_{method}", "retrieve", lambda seqs, out: sidgr(
         "retrieve", "--engine", engine, "--sequences", seqs, "--out", out, "--k", plan.k,
@@ -197,16 +200,38 @@ def sid_gr(run: Runner, plan: Plan, method: str, mapping: Path) -> tuple[Path, d
 AVERAGE = "average"  # the selection candidate whose weights are the mean of every kept checkpoint's
 
 
-def average_on_valid(run: Runner, plan: Plan, name: str, ckpts: list[Path]) -> float:
-    """Valid Recall@10 of one engine averaging `ckpts`' weights (`sidgr export` of several checkpoints), scored
-    like the trainer scores each checkpoint: the same users, beam and cutoff; it joins the selection."""
-    selection = plan.out / name / "selection"
-    engine, cands = selection / "engines" / AVERAGE, selection / f"{AVERAGE}.parquet"
-    run(f"export_{AVERAGE}_{name}", sidgr("export", "--checkpoint", *ckpts, "--out", engine))
-    run(f"retrieve_valid_{AVERAGE}_{name}", sidgr("retrieve", "--engine", engine, "--sequences", plan.valid_path(),
-                                                  "--out", cands, "--k", 10, "--beam-width", plan.beam_width))
-    report = evaluate(run, plan, f"eval_valid_{AVERAGE}_{name}", cands, plan.valid_path(), selection / AVERAGE, 0,
-                      (10,))
+def select_with_average(scores: dict, ckpts: list[Path], score_average) -> str:
+    """The best of `scores` (valid Recall@10 by checkpoint) and, with more than one checkpoint kept, of their
+    averaged weights (`score_average(ckpts)`, added to `scores`). Ties: the earliest checkpoint, as the trainer's
+    best.json, and a single checkpoint over the average."""
+    if len(ckpts) > 1:
+        scores[AVERAGE] = score_average(ckpts)
+    return max(scores, key=scores.get)
+
+
+def engine_average_on_valid(run: Runner, plan: Plan, run_dir: Path, ckpts: list[Path]) -> float:
+    """SID-GR: one engine averaging `ckpts` (`sidgr export` of several checkpoints), scored as the trainer scores
+    each checkpoint (the same validation users, beam and cutoff)."""
+    engine, cands = run_dir / "selection" / "engines" / AVERAGE, run_dir / "selection" / f"{AVERAGE}.parquet"
+    run(f"export_{AVERAGE}_{run_dir.name}", sidgr("export", "--checkpoint", *ckpts, "--out", engine))
+    return valid_recall(run, plan, run_dir.name, sidgr(
+        "retrieve", "--engine", engine, "--sequences", plan.valid_path(), "--out", cands, "--k", 10,
+        "--beam-width", plan.select_beam_width()), cands, plan.valid_path(), run_dir / "selection" / AVERAGE)
+
+
+def item_average_on_valid(run: Runner, plan: Plan, run_dir: Path, ckpts: list[Path]) -> float:
+    """An item model with `ckpts`' averaged weights on every valid user, as its trainer scores each checkpoint
+    (`sidgr score-items` + `sidgr evaluate` equal the trainer's number: tested)."""
+    valid, cands = plan.data / "valid.parquet", run_dir / f"valid_{AVERAGE}.parquet"
+    return valid_recall(run, plan, run_dir.name, sidgr(
+        "score-items", "--checkpoint", *ckpts, "--sequences", valid, "--out", cands, "--k", 10), cands, valid,
+        run_dir / f"valid_{AVERAGE}")
+
+
+def valid_recall(run: Runner, plan: Plan, name: str, command: list, cands: Path, valid: Path, report: Path) -> float:
+    """Recall@10 of the averaged model's validation candidates (`command` writes `cands`)."""
+    run(f"valid_{AVERAGE}_{name}", command)
+    evaluate(run, plan, f"eval_valid_{AVERAGE}_{name}", cands, valid, report, 0, (10,))
     return json.loads((report / "metrics.json").read_text())["metrics"]["recall@10"]["mean"]
 
 
@@ -225,25 +250,12 @@ def item_baseline(run: Runner, plan: Plan, name: str, config: str, mapping: Path
     scores = item_valid_scores(run, plan, name, config, mapping)
     single = max(scores, key=scores.get)  # ties: the earliest checkpoint, as the trainer's best.json
     averaged = checkpoints(run_dir)
-    if len(averaged) > 1:
-        scores[AVERAGE] = item_average_on_valid(run, plan, name, averaged)
-    best = max(scores, key=scores.get)
+    best = select_with_average(scores, averaged, lambda ckpts: item_average_on_valid(run, plan, run_dir, ckpts))
     chosen = averaged if best == AVERAGE else [run_dir / "checkpoints" / best]
     read_test(run, plan, name, "score", lambda seqs, out: sidgr(
         "score-items", "--checkpoint", *chosen, "--sequences", seqs, "--out", out, "--k", plan.k))
     return run_dir, {"valid_recall@10_by_checkpoint": scores, "selected": best, "best_single": single,
                      "average_of": [c.name for c in averaged] if AVERAGE in scores else []}
-
-
-def item_average_on_valid(run: Runner, plan: Plan, name: str, ckpts: list[Path]) -> float:
-    """Valid Recall@10 of an item model with `ckpts`' averaged weights on every valid user, as its trainer scores
-    each checkpoint (`sidgr score-items` + `sidgr evaluate` equal the trainer's number: tested)."""
-    cands, report = plan.out / name / f"valid_{AVERAGE}.parquet", plan.out / name / f"valid_{AVERAGE}"
-    valid = plan.data / "valid.parquet"
-    run(f"score_valid_{AVERAGE}_{name}", sidgr("score-items", "--checkpoint", *ckpts, "--sequences", valid,
-                                               "--out", cands, "--k", 10))
-    evaluate(run, plan, f"eval_valid_{AVERAGE}_{name}", cands, valid, report, 0, (10,))
-    return json.loads((report / "metrics.json").read_text())["metrics"]["recall@10"]["mean"]
 
 
 def popularity(run: Runner, plan: Plan) -> Path:
