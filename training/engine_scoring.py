@@ -37,18 +37,25 @@ def run_sidgr_commands(ckpt: Path, commands: list[list]) -> None:
         raise input_error(ckpt, "checkpoint scoring", ", ".join(c[0] for c in commands), f"failed: {last}")
 
 
+def valid_scoring_commands(ckpts: list, engine: Path, cands: Path, report: Path, valid_path, items,
+                           beam_width: int) -> list[list]:
+    """The `sidgr` commands that score checkpoint(s) on valid: export (several: their averaged weights), beam
+    retrieval of each user's top 10 (history excluded) on every core, evaluate Recall/NDCG@10. The trainer runs them
+    per checkpoint, the demo for the average of them: one definition of "scored on valid"."""
+    return [["export", "--checkpoint", *ckpts, "--out", engine],
+            # every core: during training the other ranks wait in a broadcast (OMP_NUM_THREADS is cores / ranks)
+            ["retrieve", "--engine", engine, "--sequences", valid_path, "--out", cands, "--k", 10,
+             "--beam-width", max(beam_width, 10), "--threads", len(os.sched_getaffinity(0))],
+            ["evaluate", "--candidates", cands, "--targets", valid_path, "--items", items, "--out", report,
+             "--ks", "10", "--bootstrap", 0]]
+
+
 def score_checkpoint(ckpt: Path, valid_path: str, items: int, out_dir: Path, beam_width: int) -> dict:
     """valid_recall@10 and valid_ndcg@10 of `ckpt` (the whole history excluded, beam `beam_width`)."""
-    engine = out_dir / "engines" / ckpt.name
-    cands = out_dir / f"{ckpt.name}.parquet"
     report = out_dir / ckpt.name
-    run_sidgr_commands(ckpt, [
-        ["export", "--checkpoint", ckpt, "--out", engine],
-        # every core: the other ranks wait in a broadcast meanwhile (torchrun's OMP_NUM_THREADS is cores / ranks)
-        ["retrieve", "--engine", engine, "--sequences", valid_path, "--out", cands, "--k", 10,
-         "--beam-width", max(beam_width, 10), "--threads", len(os.sched_getaffinity(0))],
-        ["evaluate", "--candidates", cands, "--targets", valid_path, "--items", items, "--out", report,
-         "--ks", "10", "--bootstrap", 0]])
+    run_sidgr_commands(ckpt, valid_scoring_commands([ckpt], out_dir / "engines" / ckpt.name,
+                                                    out_dir / f"{ckpt.name}.parquet", report, valid_path, items,
+                                                    beam_width))
     metrics = json.loads((report / "metrics.json").read_text())["metrics"]
     return {"valid_recall@10": metrics["recall@10"]["mean"], "valid_ndcg@10": metrics["ndcg@10"]["mean"]}
 

@@ -210,28 +210,28 @@ def select_with_average(scores: dict, ckpts: list[Path], score_average) -> str:
 
 
 def engine_average_on_valid(run: Runner, plan: Plan, run_dir: Path, ckpts: list[Path]) -> float:
-    """SID-GR: one engine averaging `ckpts` (`sidgr export` of several checkpoints), scored as the trainer scores
-    each checkpoint (the same validation users, beam and cutoff)."""
-    engine, cands = run_dir / "selection" / "engines" / AVERAGE, run_dir / "selection" / f"{AVERAGE}.parquet"
-    run(f"export_{AVERAGE}_{run_dir.name}", sidgr("export", "--checkpoint", *ckpts, "--out", engine))
-    return valid_recall(run, plan, run_dir.name, sidgr(
-        "retrieve", "--engine", engine, "--sequences", plan.valid_path(), "--out", cands, "--k", 10,
-        "--beam-width", plan.select_beam_width()), cands, plan.valid_path(), run_dir / "selection" / AVERAGE)
+    """SID-GR: one engine averaging `ckpts`, scored by the trainer's own commands for a checkpoint (the same
+    validation users, beam and cutoff)."""
+    from sidgr.training.engine_scoring import valid_scoring_commands
+
+    selection = run_dir / "selection"
+    report = selection / AVERAGE
+    export, retrieve, evaluate_valid = valid_scoring_commands(
+        ckpts, selection / "engines" / AVERAGE, selection / f"{AVERAGE}.parquet", report, plan.valid_path(),
+        plan.data / "items.parquet", plan.select_beam_width())
+    for stage, command in (("export", export), ("valid", retrieve), ("eval_valid", evaluate_valid)):
+        run(f"{stage}_{AVERAGE}_{run_dir.name}", sidgr(*command))
+    return json.loads((report / "metrics.json").read_text())["metrics"]["recall@10"]["mean"]
 
 
 def item_average_on_valid(run: Runner, plan: Plan, run_dir: Path, ckpts: list[Path]) -> float:
     """An item model with `ckpts`' averaged weights on every valid user, as its trainer scores each checkpoint
     (`sidgr score-items` + `sidgr evaluate` equal the trainer's number: tested)."""
-    valid, cands = plan.data / "valid.parquet", run_dir / f"valid_{AVERAGE}.parquet"
-    return valid_recall(run, plan, run_dir.name, sidgr(
-        "score-items", "--checkpoint", *ckpts, "--sequences", valid, "--out", cands, "--k", 10), cands, valid,
-        run_dir / f"valid_{AVERAGE}")
-
-
-def valid_recall(run: Runner, plan: Plan, name: str, command: list, cands: Path, valid: Path, report: Path) -> float:
-    """Recall@10 of the averaged model's validation candidates (`command` writes `cands`)."""
-    run(f"valid_{AVERAGE}_{name}", command)
-    evaluate(run, plan, f"eval_valid_{AVERAGE}_{name}", cands, valid, report, 0, (10,))
+    valid, report = plan.data / "valid.parquet", run_dir / f"valid_{AVERAGE}"
+    cands = run_dir / f"valid_{AVERAGE}.parquet"
+    run(f"valid_{AVERAGE}_{run_dir.name}", sidgr("score-items", "--checkpoint", *ckpts, "--sequences", valid,
+                                                 "--out", cands, "--k", 10))
+    evaluate(run, plan, f"eval_valid_{AVERAGE}_{run_dir.name}", cands, valid, report, 0, (10,))
     return json.loads((report / "metrics.json").read_text())["metrics"]["recall@10"]["mean"]
 
 

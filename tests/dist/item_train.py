@@ -24,6 +24,7 @@ def main(data_dir: str, out: str, item_input: str, steps: int, tp: int, run_dir:
     from sidgr.training.item_task import ItemTask, item_logits_for, rank_items
     from sidgr.training.loader import DataConfig, SequenceLoader
     from sidgr.training.optim import build_optimizer, build_scheduler, wrap_ddp
+    from sidgr.training.checkpoint import save_checkpoint
     from sidgr.training.train import train_step
 
     mapping = SIDMapping.load(f"{data_dir}/sids.json")
@@ -56,7 +57,6 @@ def main(data_dir: str, out: str, item_input: str, steps: int, tp: int, run_dir:
             losses.append(rec["loss"])
             step += 1
             if run_dir and step == steps // 2:  # a second checkpoint of the same model (checkpoint averaging)
-                from sidgr.training.checkpoint import save_checkpoint
                 save_checkpoint(run_dir, step, model, optimizer, scheduler, train.state_dict(), arch, "",
                                 dcfg.mapping_path, 1)
         result = {"losses": losses, **task.validate(ddp, model, info.device, 0)}
@@ -68,7 +68,6 @@ def main(data_dir: str, out: str, item_input: str, steps: int, tp: int, run_dir:
         m = per_user_metrics(mark_candidates(top, test.targets, task.catalog.num_items), (10,))
         result.update({"test_recall@10": float(m["recall@10"].mean()), "test_ndcg@10": float(m["ndcg@10"].mean())})
         if run_dir:
-            from sidgr.training.checkpoint import save_checkpoint
             save_checkpoint(run_dir, step, model, optimizer, scheduler, train.state_dict(), arch, "",
                             dcfg.mapping_path, 2)
             result["test_top10"] = [top.row(u).tolist() for u in range(top.num_rows)]
