@@ -1,7 +1,8 @@
 """Tune SID-GR on a dataset's VALIDATION target only (the test target is never read here).
 
-Each trial is the dataset's config (configs/DATASET.gin) plus gin bindings, trained with the demo's settings; every kept checkpoint is
-exported, retrieves the valid users and is scored (Recall@10). Writes OUT/tuning.md and OUT/tuning.json.
+Each trial is the dataset's config (configs/DATASET.gin) plus gin bindings, trained with the demo's settings; every
+kept checkpoint is exported, retrieves the valid users and is scored (Recall@10), and so is the mean of the kept
+checkpoints' weights (column "average"), as the demo selects. Writes OUT/tuning.md and OUT/tuning.json.
 
     python scripts/tune.py --data artifacts/ml100k --tokenizer balanced --out runs/tune \\
         --trial 'base=' --trial 'drop0.2=ModelConfig.dropout=0.2' \\
@@ -15,10 +16,13 @@ import argparse
 import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 from sidgr.experiments.datasets import DATASETS
-from sidgr.experiments.pipeline import Plan, Runner, item_valid_scores, train_and_score_on_valid
+from sidgr.experiments.pipeline import (AVERAGE, Plan, Runner, checkpoints, engine_average_on_valid,
+                                       item_average_on_valid, item_valid_scores, select_with_average,
+                                       train_and_score_on_valid)
 
 
 def parse_trial(text: str) -> tuple[str, list[str]]:
@@ -53,22 +57,27 @@ def main(argv=None) -> int:
     plan = Plan(out=Path(args.out), data=Path(args.data), quick=False, nproc=args.nproc, steps=args.steps,
                 eval_interval=args.eval_interval, beam_width=args.beam_width, dataset=spec)
     plan.out.mkdir(parents=True, exist_ok=True)
-    run = Runner(plan, len(trials))  # one stage per trial: training (SID-GR checkpoints are scored by the trainer)
+    # per trial: training (SID-GR checkpoints are scored by the trainer), then the average's scoring (SID-GR: export,
+    # retrieve, evaluate; item models: score-items, evaluate)
+    run = Runner(plan, len(trials) * (3 if args.item else 4))
     results = {}
     for name, bindings in trials:
         t0 = time.perf_counter()
+        run_dir = plan.out / name
         if args.item:
             scores = item_valid_scores(run, plan, name, args.config or spec.config("sasrec"), mapping,
                                        bindings)
+            average = partial(item_average_on_valid, run, plan, run_dir)
         else:
             scores = train_and_score_on_valid(run, plan, name, mapping, bindings,
                                               args.config or spec.config())
-        best = max(scores, key=scores.get)  # ties: the earliest checkpoint
+            average = partial(engine_average_on_valid, run, plan, run_dir)
+        best = select_with_average(scores, checkpoints(run_dir), average)
         results[name] = {"bindings": bindings, "valid_recall@10": scores, "best": best, "best_value": scores[best],
                          "wall_s": round(time.perf_counter() - t0, 1)}
     run.bar.close()
     (plan.out / "tuning.json").write_text(json.dumps(results, indent=2) + "\n")
-    ckpts = sorted({c for r in results.values() for c in r["valid_recall@10"]})
+    ckpts = sorted({c for r in results.values() for c in r["valid_recall@10"]}, key=lambda c: (c == AVERAGE, c))
     lines = [f"# SID-GR tuning on the valid target ({args.tokenizer} SIDs, {args.steps} steps)", "",
              "| trial | bindings | " + " | ".join(ckpts) + " | best | wall |", "|---|---|" + "---|" * (len(ckpts) + 2)]
     for name, r in results.items():
