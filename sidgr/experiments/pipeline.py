@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from sidgr.logs import progress_bar
@@ -188,7 +189,7 @@ def sid_gr(run: Runner, plan: Plan, method: str, mapping: Path) -> tuple[Path, d
     run_dir = plan.out / f"sidgr_{method}"
     scores = train_and_score_on_valid(run, plan, f"sidgr_{method}", mapping)
     averaged = checkpoints(run_dir)
-    best = select_with_average(scores, averaged, lambda ckpts: engine_average_on_valid(run, plan, run_dir, ckpts))
+    best = select_with_average(scores, averaged, partial(engine_average_on_valid, run, plan, run_dir))
     engine = run_dir / "selection" / "engines" / best
     read_test(run, plan, f"sidgr_{method}", "retrieve", lambda seqs, out: sidgr(
         "retrieve", "--engine", engine, "--sequences", seqs, "--out", out, "--k", plan.k,
@@ -250,7 +251,7 @@ def item_baseline(run: Runner, plan: Plan, name: str, config: str, mapping: Path
     scores = item_valid_scores(run, plan, name, config, mapping)
     single = max(scores, key=scores.get)  # ties: the earliest checkpoint, as the trainer's best.json
     averaged = checkpoints(run_dir)
-    best = select_with_average(scores, averaged, lambda ckpts: item_average_on_valid(run, plan, run_dir, ckpts))
+    best = select_with_average(scores, averaged, partial(item_average_on_valid, run, plan, run_dir))
     chosen = averaged if best == AVERAGE else [run_dir / "checkpoints" / best]
     read_test(run, plan, name, "score", lambda seqs, out: sidgr(
         "score-items", "--checkpoint", *chosen, "--sequences", seqs, "--out", out, "--k", plan.k))
