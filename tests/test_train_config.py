@@ -41,6 +41,23 @@ def test_config_files_parse_and_bind_every_dataclass():
     gin.clear_config()
 
 
+def test_shipped_item_baselines_predict_every_item_of_their_rows():
+    """SID-GR's rows with only their last items as targets (configs/ml1m.gin) must not leak into the item baselines
+    that include its file: the README reports those trained with every item of a row a target."""
+    from sidgr.training.config import load_configs
+
+    item_configs = {}
+    for path in sorted((REPO / "configs").glob("*.gin")):
+        if path.stem.startswith("lm_"):
+            continue
+        cfgs = load_configs(str(path), [])
+        if cfgs["model"].kind == "item":
+            item_configs[path.stem] = cfgs["data"].targets_per_window
+    gin.clear_config()
+    assert {"ml1m_sasrec", "ml1m_sidinput", "beauty_sasrec"} <= set(item_configs)
+    assert set(item_configs.values()) == {0}, item_configs
+
+
 @pytest.mark.dist
 @pytest.mark.slow
 def test_mapping_that_disagrees_with_the_config_fails_before_training(tmp_path):
