@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 
 from sidgr.data.schemas import TARGET_SCHEMA
 from sidgr.experiments.datasets import DATASETS
-from sidgr.experiments.demo import make_plan, parse_args, published_table
+from sidgr.experiments.demo import make_plan, parse_args, published_table, stage_count
 from sidgr.experiments.pipeline import last_items
 
 HISTORIES = [[5, 1, 4, 2, 3], [7], [2, 9, 8]]
@@ -55,9 +55,18 @@ def test_published_rows_keep_their_metrics_and_protocol(tmp_path):
 
 
 def test_benchmark_demos_default_to_their_budgeted_rows_and_validated_beam():
-    rows = {n: (parse_args(["--dataset", n, "--source", "x"]).sids, parse_args(["--dataset", n, "--source", "x"])
-                .beam_width) for n in DATASETS}
-    assert rows == {"ml100k": (["balanced", "collab", "fused"], 256), "beauty": (["collab"], 256),
-                    "ml1m": (["collab"], 64)}
-    full = parse_args(["--dataset", "ml1m", "--source", "x", "--sids", "text,collab,fused", "--beam-width", "256"])
-    assert (full.sids, full.beam_width) == (["text", "collab", "fused"], 256)
+    defaults = {n: parse_args(["--dataset", n, "--source", "x"]) for n in DATASETS}
+    rows = {n: (a.sids, a.beam_width, a.sid_input) for n, a in defaults.items()}
+    assert rows == {"ml100k": (["balanced", "collab", "fused"], 256, True), "beauty": (["collab"], 256, True),
+                    "ml1m": (["collab"], 64, False)}
+    full = parse_args(["--dataset", "ml1m", "--source", "x", "--sids", "text,collab,fused", "--beam-width", "256",
+                       "--sid-input"])
+    assert (full.sids, full.beam_width, full.sid_input) == (["text", "collab", "fused"], 256, True)
+    assert parse_args(["--no-sid-input"]).sid_input is False
+
+
+def test_stage_count_drops_the_stages_of_an_untrained_sid_input(tmp_path):
+    write_test_split(tmp_path / "d")
+    plan = make_plan(parse_args(["--dataset", "ml1m", "--source", "x", "--data", str(tmp_path / "d")]))
+    # SID-input's training, its averaged checkpoints' score + evaluation on valid, candidates + evaluation per read
+    assert stage_count(plan, ["collab"], True) - stage_count(plan, ["collab"], False) == 1 + 2 + 2 * 2

@@ -104,7 +104,7 @@ def test_progress_bar_counts_every_stage_that_ran(demo, summary):
     from sidgr.experiments.demo import make_plan, parse_args, stage_count
 
     plan = make_plan(parse_args(["--quick", "--out", str(demo), "--data", str(demo.parent / "data")]))
-    assert len(summary["stage_seconds"]) == len(summary["commands"]) == stage_count(plan, summary["sid_gr_rows"])
+    assert len(summary["stage_seconds"]) == len(summary["commands"]) == stage_count(plan, summary["sid_gr_rows"], summary["sid_input"])
 
 
 def test_beam_top10_agrees_with_exact_at_the_widest_beam(summary):

@@ -28,6 +28,7 @@ class DatasetSpec:
     # what the demo runs by default, sized to its CPU budget (ml100k 20 min, Beauty 90, ML-1M 150 on 2 cores);
     # empty: every SIDs of the dataset. `--sids` and `--beam-width` override.
     demo_sids: tuple = ()
+    demo_sid_input: bool = True  # the SID-input baseline (`--sid-input` / `--no-sid-input` override)
     beam_width: int = 256  # SID-GR's beam (and, by default, dense candidates) as chosen on validation
     # the beam SID-GR checkpoints are scored with on valid (0: beam_width): a narrower one where its valid top-10
     # equals the wide beam's (ml100k: W = 64 scores every checkpoint of the session-19 demo as W = 256 does, to
@@ -59,7 +60,7 @@ DATASETS = {
         "ml1m", True, text_sids={"text": BALANCED_64},
         collab_sids={"collab": ["--table", "items"], "fused": ["--table", "items", "--fuse-text", "0.3"]},
         primary="text", valid_users=2000, sweep_users=250, published_history=200, demo_sids=("collab",),
-        beam_width=64,
+        demo_sid_input=False, beam_width=64,
         published_protocol="generative-recommenders README: leave-one-out, full ranking, the last 200 history items "
                            "read and removed from the ranking (HR@10 = our recall@10)",
         published=(("SASRec", {"recall@10": 0.2853, "ndcg@10": 0.1603}),

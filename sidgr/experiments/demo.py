@@ -52,6 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sids", default=None,
                    help="comma-separated SID-GR rows to train (default: every SIDs on ml100k, collab on Beauty and "
                         "ML-1M to fit their CPU budgets), e.g. text,collab,fused")
+    p.add_argument("--sid-input", action=argparse.BooleanOptionalAction, default=None,
+                   help="train the SID-input item baseline (default: yes, except on ML-1M, to fit its CPU budget)")
     args = p.parse_args(argv)
     spec = DATASETS[args.dataset]
     if spec.source_required and not args.source:
@@ -59,6 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     known = [*spec.text_sids, *spec.collab_sids]
     args.sids = args.sids.split(",") if args.sids else list(spec.demo_sids or known)
     args.beam_width = spec.beam_width if args.beam_width is None else args.beam_width
+    args.sid_input = spec.demo_sid_input if args.sid_input is None else args.sid_input
     if not args.sids or set(args.sids) - set(known):
         p.error(f"--sids {','.join(args.sids)}: expected some of {','.join(known)}")
     return args
@@ -97,15 +100,21 @@ def collaborative_sids(run: Runner, plan: Plan, sasrec_checkpoint: Path, names: 
     return mappings
 
 
-def stage_count(plan: Plan, trained: list[str]) -> int:
+def item_models(sid_input: bool) -> list[tuple[str, str]]:
+    """The item-level baselines the demo trains: (run name, config family)."""
+    return [("sasrec_ce", "sasrec")] + ([("sid_input", "sidinput")] if sid_input else [])
+
+
+def stage_count(plan: Plan, trained: list[str], sid_input: bool) -> int:
     spec = plan.dataset
     collab = set(spec.collab_sids) & set(trained)
     sids = 1 + len(spec.text_sids) + 2 * len(collab)  # prepare, tokenize; export + tokenize
     reads = len(plan.test_splits())
-    models = 1 + 2 + len(trained)  # popularity, the item models, SID-GR
-    tests = (2 + len(trained)) + models * 2 * reads  # trainings; candidates + evaluation per read
+    items = len(item_models(sid_input))
+    models = 1 + items + len(trained)  # popularity, the item models, SID-GR
+    tests = (items + len(trained)) + models * 2 * reads  # trainings; candidates + evaluation per read
     # the averaged checkpoints on valid: each SID-GR row's export, retrieve, evaluate; each item model's score, evaluate
-    tests += 3 * len(trained) + 2 * 2
+    tests += 3 * len(trained) + 2 * items
     sweep = 2 + 2 * sum(w >= plan.k for w in plan.beam_sweep) + 1
     return sids + tests + sweep + reads + 2  # a table per read, the segments, the curves
 
@@ -124,7 +133,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     plan = make_plan(args)
     plan.out.mkdir(parents=True, exist_ok=True)
-    run = Runner(plan, stage_count(plan, args.sids))
+    run = Runner(plan, stage_count(plan, args.sids, args.sid_input))
     t_start = time.perf_counter()
     mappings = prepare_and_tokenize(run, plan, args)
     spec = plan.dataset
@@ -132,7 +141,7 @@ def main(argv=None) -> int:
     rows, selection = {}, {}
     rows["popularity"] = popularity(run, plan)
     primary = mappings[spec.primary]
-    for name, family in (("sasrec_ce", "sasrec"), ("sid_input", "sidinput")):
+    for name, family in item_models(args.sid_input):
         rows[name], selection[name] = item_baseline(run, plan, name, spec.config(family), primary)
     # collaborative SIDs from the item table of SASRec-CE's best single checkpoint on valid
     mappings.update(collaborative_sids(run, plan, rows["sasrec_ce"] / "checkpoints" /
@@ -161,6 +170,7 @@ def main(argv=None) -> int:
     run.bar.close()
 
     summary = {"dataset": spec.name, "note": spec.note, "quick": plan.quick, "sid_gr_rows": args.sids,
+               "sid_input": args.sid_input,
                "wall_seconds": time.perf_counter() - t_start, "selection": selection, "beam_vs_exact": beam,
                "stage_seconds": run.timings, "commands": run.commands}
     (plan.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
