@@ -29,31 +29,30 @@ def test_binding_of_a_configurable_the_trainer_never_builds_is_an_error():
         parse_config(None, ["train/ModelConfig.hidden_size = 3"])  # scoped: nothing builds that scope
 
 
-def test_config_files_parse_and_bind_every_dataclass():
+def shipped_trainer_configs(overrides=()):
+    """(name, the configs it binds) for every shipped trainer gin file (the LM's: test_lm)."""
     from sidgr.training.config import load_configs
 
-    names = sorted(p.stem for p in (REPO / "configs").glob("*.gin") if not p.stem.startswith("lm_"))  # LM: test_lm
-    assert {"tiny_ci", "ml100k", "beauty", "beauty_sasrec", "ml1m_sidinput", "synth_large"} <= set(names)
-    for name in names:
-        cfgs = load_configs(str(REPO / "configs" / f"{name}.gin"), ["ModelConfig.num_layers = 3"])
+    for path in sorted((REPO / "configs").glob("*.gin")):
+        if not path.stem.startswith("lm_"):
+            yield path.stem, load_configs(str(path), list(overrides))
+    gin.clear_config()
+
+
+def test_config_files_parse_and_bind_every_dataclass():
+    names = []
+    for name, cfgs in shipped_trainer_configs(["ModelConfig.num_layers = 3"]):
+        names.append(name)
         assert cfgs["model"].num_layers == 3
         cfgs["data"].check(dp_size=2 if cfgs["data"].global_batch_size % 2 == 0 else 1)
-    gin.clear_config()
+    assert {"tiny_ci", "ml100k", "beauty", "beauty_sasrec", "ml1m_sidinput", "synth_large"} <= set(names)
 
 
 def test_shipped_item_baselines_predict_every_item_of_their_rows():
     """SID-GR's rows with only their last items as targets (configs/ml1m.gin) must not leak into the item baselines
     that include its file: the README reports those trained with every item of a row a target."""
-    from sidgr.training.config import load_configs
-
-    item_configs = {}
-    for path in sorted((REPO / "configs").glob("*.gin")):
-        if path.stem.startswith("lm_"):
-            continue
-        cfgs = load_configs(str(path), [])
-        if cfgs["model"].kind == "item":
-            item_configs[path.stem] = cfgs["data"].targets_per_window
-    gin.clear_config()
+    item_configs = {name: cfgs["data"].targets_per_window for name, cfgs in shipped_trainer_configs()
+                    if cfgs["model"].kind == "item"}
     assert {"ml1m_sasrec", "ml1m_sidinput", "beauty_sasrec"} <= set(item_configs)
     assert set(item_configs.values()) == {0}, item_configs
 
