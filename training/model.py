@@ -204,12 +204,13 @@ def vocab_slice_logits(head: tensor_parallel.ColumnParallelLinear, hidden: torch
 
 
 def mask_padding(logits: torch.Tensor, real_size: int) -> torch.Tensor:
-    """This TP rank's vocab slice of logits [n, V_padded / TP] with the columns >= real_size at the fp32 minimum."""
+    """This TP rank's vocab slice of logits [n, V_padded / TP] with the columns >= real_size at the fp32 minimum,
+    set in place: only the padding columns are written (a masked_fill over the whole slice, forward and backward,
+    cost about an eighth of an ML-1M SASRec-CE step on CPU)."""
     per_rank = logits.shape[-1]
     start = ps.get_tensor_model_parallel_rank() * per_rank
     if start + per_rank > real_size:
-        col = torch.arange(start, start + per_rank, device=logits.device)
-        logits = logits.masked_fill(col >= real_size, torch.finfo(torch.float32).min)
+        logits[..., max(real_size - start, 0):] = torch.finfo(torch.float32).min
     return logits
 
 
