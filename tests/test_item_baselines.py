@@ -140,8 +140,6 @@ def full_ranking(synth, sasrec):
     return _score(synth, "--k", "240", "--include-history")
 
 
-@pytest.mark.dist
-@pytest.mark.slow
 def test_scoring_a_checkpoint_reproduces_the_trained_model(sasrec, full_ranking):
     assert [r[:10] for r in full_ranking["item_ids"]] == sasrec["test_top10"]
     assert all(s == sorted(s, reverse=True) for s in full_ranking["scores"])
@@ -194,14 +192,29 @@ def test_cosine_scoring_trains_the_same_under_tp2(synth):
     """`ModelConfig.item_temperature`: the vocab-parallel head scores cosine similarity / temperature; the query's
     gradient must be all-reduced over TP ranks as ColumnParallelLinear does, so TP 2 follows TP 1's losses; the
     losses differ from dot-product scoring and fall."""
-    env = {"ITEM_TRAIN_DROPOUT": "0", "ITEM_TRAIN_TEMPERATURE": "0.1"}
+    env = {"ITEM_TRAIN_DROPOUT": "0", "ITEM_TRAIN_TEMPERATURE": "0.1", "ITEM_TRAIN_PAD_MULTIPLE": "14"}
     one, two = (_train(synth, "id", False, "12", tp, env) for tp in (1, 2))
     np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-5)
     assert one["losses"][-1] < one["losses"][0]
+    for run in (one, two):  # the padding of the cosine logits (TP 2: on the second rank's slice)
+        assert run["padding"]["columns"] > 0 and run["padding"]["unmasked"] == 0, run["padding"]
+        assert run["padding"]["ce_max_abs_diff"] < 1e-5, run["padding"]
     # At init a dot product with the small item table scores every item nearly alike (first loss within ~0.02 of
     # log N); cosine / 0.1 spreads the logits (std ~ 10 / sqrt(hidden)), which lifts the first loss well above it.
     n_items = pq.read_metadata(synth[1]["items"]).num_rows
     assert one["losses"][0] - np.log(n_items) > 0.2, (one["losses"][0], np.log(n_items))
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_vocab_padding_gets_no_probability(synth):
+    """An item table padded past the catalog (to a multiple of 14 rows here: the same shapes at TP 1 and 2):
+    those columns of every rank's logits slice sit at the fp32 minimum, so the trainer's vocab-parallel
+    cross-entropy is torch's over the real items alone (the dot-product head; cosine scoring: its TP test)."""
+    n_items = pq.read_metadata(synth[1]["items"]).num_rows
+    pad = _train(synth, "id", False, "4", 2, {"ITEM_TRAIN_DROPOUT": "0", "ITEM_TRAIN_PAD_MULTIPLE": "14"})["padding"]
+    assert pad["columns"] == -n_items % 14 > 0 and pad["unmasked"] == 0, (n_items, pad)
+    assert pad["ce_max_abs_diff"] < 1e-5, pad
 
 
 def _grown_mapping(path: str, out: Path, new_items: int = 6) -> SIDMapping:

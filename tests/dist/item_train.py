@@ -7,6 +7,8 @@ Usage: torchrun --standalone --nproc_per_node=N tests/dist/item_train.py DATA_DI
        there, half-way and at the end, and the test top-10 lists in OUT.json). ITEM_TRAIN_DROPOUT (env): the
        dropout, default 0.1 (TP ranks draw dropout masks from their own streams: compare TP layouts at 0).
        ITEM_TRAIN_TEMPERATURE (env): ModelConfig.item_temperature, default 0 (dot products).
+       ITEM_TRAIN_PAD_MULTIPLE (env): ModelConfig.vocab_pad_multiple, default 8 (the synthetic catalog's size is a
+       multiple of 8: another value pads the item table; runs saved with it cannot be scored by score-items).
 """
 from __future__ import annotations
 
@@ -31,7 +33,8 @@ def main(data_dir: str, out: str, item_input: str, steps: int, tp: int, run_dir:
     item_input, _, item_head = item_input.partition(":")
     task = ItemTask(mapping, item_input, item_head or "table", float(os.environ.get("ITEM_TRAIN_TEMPERATURE", "0")))
     mcfg = ModelConfig(hidden_size=32, num_layers=1, num_attention_heads=2, ffn_hidden_size=64,
-                       dropout=float(os.environ.get("ITEM_TRAIN_DROPOUT", "0.1")))
+                       dropout=float(os.environ.get("ITEM_TRAIN_DROPOUT", "0.1")),
+                       vocab_pad_multiple=int(os.environ.get("ITEM_TRAIN_PAD_MULTIPLE", "8")))
     ocfg = OptimizerConfig(lr=5e-3, min_lr=5e-4, warmup_steps=10, weight_decay=0.0)
     dcfg = DataConfig(train_path=f"{data_dir}/train.parquet", valid_path=f"{data_dir}/valid.parquet",
                       mapping_path=f"{data_dir}/sids.json", max_items=20, global_batch_size=32, seed=1)
@@ -59,7 +62,7 @@ def main(data_dir: str, out: str, item_input: str, steps: int, tp: int, run_dir:
             if run_dir and step == steps // 2:  # a second checkpoint of the same model (checkpoint averaging)
                 save_checkpoint(run_dir, step, model, optimizer, scheduler, train.state_dict(), arch, "",
                                 dcfg.mapping_path, 1)
-        result = {"losses": losses, **task.validate(ddp, model, info.device, 0)}
+        result = {"losses": losses, **task.validate(ddp, model, info.device, 0), "padding": padding_check(model)}
         # test: full-catalog top-10 of each user's most recent max_items - 1 items, history not excluded
         test, _ = read_targets(f"{data_dir}/test.parquet", task.catalog.num_items)
         ddp.eval()
@@ -76,6 +79,27 @@ def main(data_dir: str, out: str, item_input: str, steps: int, tp: int, run_dir:
                 json.dump(result, f)
     finally:
         teardown()
+
+
+def padding_check(model) -> dict:
+    """The vocab padding columns of every TP rank's logits slice (dot or cosine scoring) sit at the fp32 minimum,
+    and the trainer's vocab-parallel cross-entropy over the slices equals torch's over the gathered real items."""
+    import torch
+    from megatron.core import parallel_state as ps
+    from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+    probe = torch.randn(5, model.arch.hidden_size, generator=torch.Generator().manual_seed(3))
+    labels = torch.arange(5) % model.num_items
+    with torch.no_grad():
+        local = model.item_logits(probe)
+        start = ps.get_tensor_model_parallel_rank() * local.shape[-1]
+        pad = local[:, max(model.num_items - start, 0):]
+        counts = torch.tensor([pad.shape[-1], int((pad != torch.finfo(torch.float32).min).sum())])
+        torch.distributed.all_reduce(counts, group=ps.get_tensor_model_parallel_group())
+        ours = vocab_parallel_cross_entropy(local.clone(), labels)
+        reference = torch.nn.functional.cross_entropy(model.full_logits(probe), labels, reduction="none")
+    return {"columns": int(counts[0]), "unmasked": int(counts[1]),
+            "ce_max_abs_diff": float((ours - reference).abs().max())}
 
 
 if __name__ == "__main__":
