@@ -206,7 +206,7 @@ def vocab_slice_logits(head: tensor_parallel.ColumnParallelLinear, hidden: torch
 def mask_padding(logits: torch.Tensor, real_size: int) -> torch.Tensor:
     """This TP rank's vocab slice of logits [n, V_padded / TP] with the columns >= real_size at the fp32 minimum,
     set in place: only the padding columns are written (a masked_fill over the whole slice, forward and backward,
-    cost about an eighth of an ML-1M SASRec-CE step on CPU)."""
+    made an ML-1M SASRec-CE step on 2 CPU cores 0.92 s instead of 0.63 s)."""
     per_rank = logits.shape[-1]
     start = ps.get_tensor_model_parallel_rank() * per_rank
     if start + per_rank > real_size:
