@@ -140,6 +140,8 @@ def full_ranking(synth, sasrec):
     return _score(synth, "--k", "240", "--include-history")
 
 
+@pytest.mark.dist
+@pytest.mark.slow
 def test_scoring_a_checkpoint_reproduces_the_trained_model(sasrec, full_ranking):
     assert [r[:10] for r in full_ranking["item_ids"]] == sasrec["test_top10"]
     assert all(s == sorted(s, reverse=True) for s in full_ranking["scores"])
