@@ -69,25 +69,6 @@ def test_next_item_layout_labels_and_mask():
     assert (hist.labels == IGNORE).all()
 
 
-
-def test_sampled_softmax_over_every_item_is_the_full_softmax():
-    """`ModelConfig.item_negatives`: drawing the whole catalog for every label (the label among the draws, masked)
-    gives the full softmax's losses and gradients; a draw equal to a label adds nothing to that label's loss."""
-    from sidgr.training.item_model import sampled_softmax_losses
-
-    logits = torch.randn(5, 9, generator=torch.Generator().manual_seed(0), requires_grad=True)
-    labels = torch.tensor([0, 3, 3, 8, 5])
-    sampled = sampled_softmax_losses(logits, labels, torch.arange(9).expand(5, 9))
-    full = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
-    torch.testing.assert_close(sampled, full)
-    torch.testing.assert_close(torch.autograd.grad(sampled.sum(), logits), torch.autograd.grad(full.sum(), logits))
-
-    with_labels = sampled_softmax_losses(logits, labels, torch.tensor([1, 3, 2]).expand(5, 3))
-    without = sampled_softmax_losses(logits, labels, torch.tensor([1, 2]).expand(5, 2))
-    rows_with_3 = labels == 3
-    torch.testing.assert_close(with_labels[rows_with_3], without[rows_with_3])
-    assert (with_labels[~rows_with_3] > without[~rows_with_3]).all()  # item 3 is a negative for the others
-
 # ---- trained models on a planted synthetic catalog -------------------------------------------------------------
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):

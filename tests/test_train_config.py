@@ -153,10 +153,6 @@ def test_wrong_value_types_are_one_line_errors_before_anything_starts(tmp_path, 
      "ModelConfig.dense_head='table': 'table' needs ModelConfig.dense_weight > 0 and '+id' history"),
     (1, ["ModelConfig.dense_weight=0.0", 'ModelConfig.history="rqsum+id"', 'ModelConfig.dense_head="table"'],
      "ModelConfig.dense_head='table': 'table' needs ModelConfig.dense_weight > 0 and '+id' history"),
-    (1, ["ModelConfig.item_negatives=128"],
-     "ModelConfig.item_negatives=128: needs ModelConfig.kind='item' (SID-GR's softmax is over codes)"),
-    (2, ["ParallelConfig.tensor_parallel=2", 'ModelConfig.kind="item"', "ModelConfig.item_negatives=128"],
-     "ModelConfig.item_negatives=128: a sampled softmax needs ParallelConfig.tensor_parallel=1 (it is 2)"),
 ])
 def test_impossible_parallel_layouts_are_one_line_errors_before_torchrun(tmp_path, capsys, nproc, bindings, message):
     from sidgr.cli import main

@@ -53,10 +53,6 @@ class ModelConfig:
     # kind='item' only: > 0 scores items by cosine similarity / this (L2-normalised query and item vectors, as the
     # generative-recommenders SASRec trains), 0 by dot product
     item_temperature: float = 0.0
-    # kind='item' only: > 0 trains with a sampled softmax — each target against this many items drawn uniformly for
-    # it (a draw equal to the target masked), the generative-recommenders SASRec's loss, instead of the whole
-    # catalog (a different loss, not a cheaper one: read off the full logits). Scoring ranks the whole catalog
-    item_negatives: int = 0
     # shared: one head over all levels' codes, its softmax at level h restricted to level h's codes (training and
     # engine alike); per_level: one head per level
     head_mode: Literal["shared", "per_level"] = "shared"
@@ -137,11 +133,6 @@ def check_parallel_layout(model: ModelConfig, parallel: ParallelConfig, global_b
          f"not divisible by ParallelConfig.tensor_parallel={tp}"),
         (model.dense_weight >= 0, "ModelConfig.dense_weight", model.dense_weight, "must be >= 0"),
         (model.item_temperature >= 0, "ModelConfig.item_temperature", model.item_temperature, "must be >= 0"),
-        (model.item_negatives >= 0, "ModelConfig.item_negatives", model.item_negatives, "must be >= 0"),
-        (model.item_negatives == 0 or model.kind == "item", "ModelConfig.item_negatives", model.item_negatives,
-         "needs ModelConfig.kind='item' (SID-GR's softmax is over codes)"),
-        (model.item_negatives == 0 or tp == 1, "ModelConfig.item_negatives", model.item_negatives,
-         f"a sampled softmax needs ParallelConfig.tensor_parallel=1 (it is {tp})"),
         (model.kind == "item" or model.dense_weight == 0 or model.history != "codes", "ModelConfig.dense_weight",
          model.dense_weight, "needs ITEM-token history (ModelConfig.history other than 'codes')"),
         (model.retrieval_dense_weight is None or (model.retrieval_dense_weight >= 0 and model.dense_weight > 0)

@@ -285,30 +285,16 @@ def build_item_model(model_cfg, arch: ModelArch, catalog: ItemCatalog, tp: int, 
     return in_training_precision(model, config).to(device)
 
 
-def item_token_losses(model: ItemSeqModel, hidden: torch.Tensor, ib: ItemBatch, negatives: int = 0):
-    """hidden [S, B, hidden] -> the trainer's TokenLosses (per-label fp32 CE, row-major order): vocab-parallel over
-    the whole catalog, or with `negatives` > 0 a sampled softmax over that many uniformly drawn items."""
+def item_token_losses(model: ItemSeqModel, hidden: torch.Tensor, ib: ItemBatch):
+    """hidden [S, B, hidden] -> the trainer's TokenLosses (per-label fp32 vocab-parallel CE, row-major order)."""
     from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
     from sidgr.training.loss import TokenLosses
 
     rows, cols = ib.loss_mask.nonzero(as_tuple=True)
     logits, labels = model.item_logits(hidden[cols, rows]), ib.labels[rows, cols]
-    if negatives:
-        drawn = torch.randint(model.num_items, (len(labels), negatives), device=logits.device)
-        losses = sampled_softmax_losses(logits, labels, drawn)
-    elif model.tied:  # whole-catalog logits on every rank
+    if model.tied:  # whole-catalog logits on every rank
         losses = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
     else:
         losses = vocab_parallel_cross_entropy(logits, labels)
     return TokenLosses(losses, torch.zeros_like(rows), rows, cols)
-
-
-def sampled_softmax_losses(logits: torch.Tensor, labels: torch.Tensor, drawn: torch.Tensor) -> torch.Tensor:
-    """Per-label CE of each label against its own drawn items (a draw equal to the label masked): logits [n, N]
-    (TP = 1), labels [n], drawn [n, k]. Read off the whole catalog's logits: on catalogs of thousands of items one
-    matmul is cheaper than gathering n * k item vectors. Uniform draws shift every sampled logit by the same
-    log-probability, so no correction is needed (Jean et al., 2015)."""
-    positive = logits.gather(1, labels.unsqueeze(1))
-    sampled = logits.gather(1, drawn).masked_fill(drawn == labels.unsqueeze(1), float("-inf"))
-    return torch.logsumexp(torch.cat([positive, sampled], 1), 1) - positive.squeeze(1)

@@ -48,11 +48,9 @@ def target_cross_entropy(logits: torch.Tensor, targets: np.ndarray) -> torch.Ten
 class ItemTask:
     """The item-level family (see `training/task.py` for the protocol)."""
 
-    def __init__(self, mapping: SIDMapping, item_input: str, item_head: str = "table", temperature: float = 0.0,
-                 negatives: int = 0):
+    def __init__(self, mapping: SIDMapping, item_input: str, item_head: str = "table", temperature: float = 0.0):
         self.catalog = ItemCatalog.from_mapping(mapping)
         self.item_input, self.item_head, self.temperature = item_input, item_head, temperature
-        self.negatives = negatives
         self.valid = None
         self.keep = None
 
@@ -68,8 +66,7 @@ class ItemTask:
         pids = self.catalog.sids_to_pids(batch.sids, batch.lengths)
         return packed_items(next_item_layout(pids, batch.lengths, loss_mode, targets)).to(device)
 
-    def token_losses(self, model: ItemSeqModel, hidden: torch.Tensor, ib: ItemBatch):
-        return item_token_losses(model, hidden, ib, self.negatives)
+    token_losses = staticmethod(item_token_losses)
 
     def setup_validation(self, data_cfg, mapping, dist_info) -> None:
         """This DP rank's share (rows r, r + DP, ...) of the valid users, read once."""

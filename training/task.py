@@ -42,8 +42,7 @@ class Task(Protocol):
 def make_task(model_cfg, mapping: SIDMapping) -> Task:
     if model_cfg.kind == "item":
         from sidgr.training.item_task import ItemTask
-        return ItemTask(mapping, model_cfg.item_input, model_cfg.item_head, model_cfg.item_temperature,
-                        model_cfg.item_negatives)
+        return ItemTask(mapping, model_cfg.item_input, model_cfg.item_head, model_cfg.item_temperature)
     from sidgr.training.sidgr_task import SIDGRTask
     return SIDGRTask(mapping)
 
